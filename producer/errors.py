@@ -1,0 +1,146 @@
+"""The one exception tree of oneroster-cdc.
+
+Third-party errors (aiohttp, aiokafka, fastavro, pydantic) are wrapped where they enter, with
+``raise ... from exc``. Whether an error is worth retrying is decided by the class attribute
+``retriable``, never by a message string. Messages are written for operators: they say what
+happened and what to do, and never contain a secret.
+
+    CdcError
+    ├── ConfigError                   bad config; exit code 2; names the key
+    ├── SourceError                   talking to a OneRoster / ClassLink server
+    │   ├── SourceUnavailable         network error, timeout, 429, 5xx         (retriable)
+    │   │   └── RateLimited           429; carries retry_after seconds          (retriable)
+    │   ├── BadResponse               truncated JSON, HTML, error envelope      (retriable)
+    │   ├── ListingIncomplete         the total changed while paging            (retriable)
+    │   ├── AuthFailed                401 after one re-authentication
+    │   ├── Forbidden                 403 (e.g. demographics scope not granted)
+    │   ├── NotFound                  404 (unknown object)
+    │   └── BadRequest                400
+    │       └── FilterUnsupported     the server rejected the delta filter
+    ├── SinkError                     talking to Kafka
+    │   ├── BrokerUnavailable         broker down or timing out                 (retriable)
+    │   ├── Fenced                    a newer instance took over our transactional_id
+    │   └── TopicMisconfigured        e.g. the state topic exists but is not compacted
+    ├── EncodingError                 a value does not fit its Avro schema
+    ├── MassDeleteHeld                the mass-delete guard refused a full-sync's deletes
+    └── ClientClosed                  a closed client or writer was used again
+"""
+
+from __future__ import annotations
+
+
+class CdcError(Exception):
+    """Root of every error oneroster-cdc raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(CdcError):
+    """The configuration is invalid; ``key`` names the offending setting (dotted path)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config: {key}: {message}")
+        self.key = key
+
+
+class SourceError(CdcError):
+    """A OneRoster or ClassLink server did not give us what we asked for."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+class SourceUnavailable(SourceError):
+    """Network error, timeout or a 5xx answer: try again later."""
+
+    retriable = True
+
+
+class RateLimited(SourceUnavailable):
+    """429: the server asks us to slow down, for ``retry_after`` seconds if it said so."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = 429,
+        url: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, url=url)
+        self.retry_after = retry_after
+
+
+class BadResponse(SourceError):
+    """The server answered, but not with a usable page (truncated JSON, HTML, no data key)."""
+
+    retriable = True
+
+
+class ListingIncomplete(SourceError):
+    """A listing cannot be trusted as complete (e.g. its total changed while paging)."""
+
+    retriable = True
+
+
+class AuthFailed(SourceError):
+    """Credentials were refused even after re-authenticating once: check them."""
+
+
+class Forbidden(SourceError):
+    """403: the server refuses this collection (often a missing scope)."""
+
+
+class NotFound(SourceError):
+    """404: unknown object or path."""
+
+
+class BadRequest(SourceError):
+    """400: the server rejected our query."""
+
+
+class FilterUnsupported(BadRequest):
+    """The server rejected the ``dateLastModified`` delta filter: fall back to full listings."""
+
+
+class SinkError(CdcError):
+    """Kafka did not accept what we wrote."""
+
+
+class BrokerUnavailable(SinkError):
+    """The broker cannot be reached or timed out: nothing was committed; retry later."""
+
+    retriable = True
+
+
+class Fenced(SinkError):
+    """Another instance started with our transactional_id; this one must stop writing."""
+
+
+class TopicMisconfigured(SinkError):
+    """An existing topic has settings that would break the guarantees (e.g. not compacted)."""
+
+
+class EncodingError(CdcError):
+    """A value does not fit its Avro schema (strict encoding)."""
+
+
+class MassDeleteHeld(CdcError):
+    """A full sync would delete more than the guard allows; run ``confirm-deletes`` to apply."""
+
+    def __init__(self, district_id: str, entity: str, count: int, total: int) -> None:
+        super().__init__(
+            f"mass-delete guard: {count} of {total} {entity} of district {district_id!r} are "
+            f"missing from a complete listing; held back until "
+            f"`oneroster-cdc confirm-deletes --district {district_id} --entity {entity}`"
+        )
+        self.district_id = district_id
+        self.entity = entity
+        self.count = count
+        self.total = total
+
+
+class ClientClosed(CdcError):
+    """A client, store or writer was used after ``close()``."""
