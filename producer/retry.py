@@ -6,6 +6,7 @@ decided by its class attribute ``retriable`` (``producer.errors``), never here.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,14 +71,10 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     except ValueError:
         pass
     else:
-        if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
-            return None
-        return seconds
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:  # type: ignore[comparison-overlap]  # older Pythons returned None
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -1,0 +1,573 @@
+"""The OneRoster source client: one district, paged listings streamed as :class:`RawPage`.
+
+One seam to the network: the ``aiohttp.ClientSession`` (injected, or owned and closed by the
+client). Everything a request needs (auth headers, retries with backoff, typed errors from any
+error body) happens in :class:`Requester`, which discovery reuses.
+
+Observer events (stable names; ``fields`` values are plain str/int/float/bool):
+
+==================  ==============================================================
+``request.retry``   ``district_id, entity, attempt, delay, error, status``
+``request.reauth``  ``district_id, entity``: a 401 led to one re-authentication
+``page.fetched``    ``district_id, entity, offset, records, latency``
+``listing.done``    ``district_id, entity, records, pages, complete, seconds``
+==================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+import aiohttp
+import structlog
+import yarl
+from multidict import CIMultiDictProxy
+
+from producer import errors
+from producer.auth import Authenticator
+from producer.envelope import ServerStatus, describe_body, error_for, records_of
+from producer.filters import TimestampFormat, delta_filter, detect_format, encode_query
+from producer.model import Entity, RawPage, Version
+from producer.retry import RetryPolicy, parse_retry_after
+
+log = structlog.get_logger(__name__)
+
+Observer = Callable[[str, Mapping[str, object]], None]
+VersionSetting = Literal["1.1", "1.2", "auto"]
+
+BASE_PATHS: Final[dict[Version, str]] = {
+    "1.1": "/ims/oneroster/v1p1",
+    "1.2": "/ims/oneroster/rostering/v1p2",
+}
+_SECRET_PARAMS: Final = ("oauth_", "access_token", "client_secret")
+
+
+def _ignore(event: str, fields: Mapping[str, object]) -> None:
+    """The default observer."""
+
+
+def loggable_url(url: yarl.URL) -> str:
+    """``url`` without credentials or OAuth parameters, safe for logs and error messages."""
+    query = [(k, v) for k, v in url.query.items() if not k.lower().startswith(_SECRET_PARAMS)]
+    return str(url.with_user(None).with_password(None).with_query(query))
+
+
+class _Unauthorised(errors.AuthFailed):
+    """A 401 from the resource server (re-authenticate once before giving up)."""
+
+
+class Requester:
+    """GETs JSON pages for one district with auth, timeouts, retries and typed errors."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        auth: Authenticator,
+        district_id: str,
+        request_timeout: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
+        observer: Observer = _ignore,
+    ) -> None:
+        self.session = session
+        self.auth = auth
+        self.district_id = district_id
+        self.retry = retry
+        self.observer = observer
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        #: A 429 pauses every request of the district, not just the one that saw it.
+        self._not_before = 0.0
+
+    async def get(
+        self, url: yarl.URL, key: str, *, entity: str, filter_sent: bool = False
+    ) -> tuple[list[Any], CIMultiDictProxy[str]]:
+        """The list under ``key`` at ``url`` and the response headers, retried as the policy says.
+
+        Raises:
+            errors.SourceError: a subclass saying what went wrong, after retries for retriable ones.
+        """
+        reauthenticated = False
+        attempt = 0
+        while True:
+            wait = self._not_before - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            started = time.monotonic()
+            try:
+                records, headers = await self._once(url, key, filter_sent=filter_sent)
+            except _Unauthorised:
+                if reauthenticated:
+                    raise
+                reauthenticated = True
+                self.observer("request.reauth", {"district_id": self.district_id, "entity": entity})
+                log.info("source.reauthenticate", district_id=self.district_id, entity=entity)
+                await self.auth.invalidate()
+                continue
+            except errors.SourceError as exc:
+                attempt += 1
+                if not exc.retriable or attempt >= self.retry.attempts:
+                    raise
+                retry_after = exc.retry_after if isinstance(exc, errors.RateLimited) else None
+                delay = self.retry.delay(attempt - 1, retry_after=retry_after)
+                if isinstance(exc, errors.RateLimited):
+                    self._not_before = max(self._not_before, time.monotonic() + delay)
+                self.observer(
+                    "request.retry",
+                    {
+                        "district_id": self.district_id,
+                        "entity": entity,
+                        "attempt": attempt,
+                        "delay": delay,
+                        "error": type(exc).__name__,
+                        "status": exc.status or 0,
+                    },
+                )
+                log.warning(
+                    "source.retry",
+                    district_id=self.district_id,
+                    entity=entity,
+                    url=loggable_url(url),
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    error=type(exc).__name__,
+                    status=exc.status,
+                    reason=str(exc),
+                )
+                await asyncio.sleep(delay)
+                continue
+            self.observer(
+                "page.fetched",
+                {
+                    "district_id": self.district_id,
+                    "entity": entity,
+                    "offset": int(url.query.get("offset", "0") or 0),
+                    "records": len(records),
+                    "latency": time.monotonic() - started,
+                },
+            )
+            return records, headers
+
+    async def _once(
+        self, url: yarl.URL, key: str, *, filter_sent: bool
+    ) -> tuple[list[Any], CIMultiDictProxy[str]]:
+        where = loggable_url(url)
+        headers = await self.auth.headers("GET", url)
+        headers["Accept"] = "application/json"
+        try:
+            async with self.session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                body = await resp.read()
+                status, response_headers = resp.status, resp.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            kind = "timed out" if isinstance(exc, TimeoutError) else "failed"
+            raise errors.SourceUnavailable(
+                f"request {kind}: {type(exc).__name__}: {exc}", url=where
+            ) from exc
+        info: ServerStatus
+        if status == 200:
+            records, envelope = records_of(body, key, url=where)
+            if envelope is None:
+                return records, response_headers
+            info = envelope
+            status = envelope.implied_status or 200
+        else:
+            info = describe_body(body)
+        if status == 401:
+            raise _Unauthorised(f"HTTP 401: {info.text()}", status=401, url=where)
+        retry_after = parse_retry_after(response_headers.get("Retry-After"))
+        raise error_for(status, info, url=where, filter_sent=filter_sent, retry_after=retry_after)
+
+
+def _total(headers: CIMultiDictProxy[str]) -> int | None:
+    raw = headers.get("X-Total-Count")
+    if raw is None:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+class OneRosterClient:
+    """Reads one district's collections. An async context manager; closed clients refuse use.
+
+    ``base_url`` is the server root (``https://sis.example``) or a root that already ends in a
+    OneRoster base path. Path segments in it are used verbatim (ClassLink's already-encoded
+    application ids stay as they are).
+    """
+
+    def __init__(
+        self,
+        *,
+        district_id: str,
+        base_url: str,
+        version: VersionSetting,
+        auth: Authenticator,
+        page_size: int = 1000,
+        concurrency: int = 4,
+        request_timeout: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
+        session: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        observer: Observer = _ignore,
+        sort: bool = True,
+    ) -> None:
+        if version not in ("1.1", "1.2", "auto"):
+            raise ValueError(f"version must be '1.1', '1.2' or 'auto', not {version!r}")
+        if page_size < 1 or concurrency < 1:
+            raise ValueError("page_size and concurrency must be at least 1")
+        self.district_id = district_id
+        self.page_size = page_size
+        self.concurrency = concurrency
+        self._root = base_url.rstrip("/")
+        self._version: Version | None = None if version == "auto" else version
+        for known, path in BASE_PATHS.items():
+            if self._root.endswith(path):
+                self._root, self._version = self._root[: -len(path)], known
+        self._auth = auth
+        self._timeout = request_timeout
+        self._retry = retry
+        self._observer = observer
+        self._ssl = ssl_context
+        self._session = session
+        self._owns_session = session is None
+        self._requester: Requester | None = None
+        self._closed = False
+        self._detect_lock = asyncio.Lock()
+        #: ``None`` until a first page tells whether the server accepts ``sort=sourcedId``.
+        self._sort_ok: bool | None = None if sort else False
+        #: The ``dateLastModified`` format last observed on this server.
+        self.observed_format: TimestampFormat | None = None
+
+    def __repr__(self) -> str:
+        return f"OneRosterClient(district_id={self.district_id!r}, base_url={self._root!r})"
+
+    @property
+    def version(self) -> Version | None:
+        """The OneRoster version in use (``None`` until "auto" has been detected)."""
+        return self._version
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise errors.ClientClosed(f"client for district {self.district_id!r} is closed")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the owned session; idempotent."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    def requester(self) -> Requester:
+        """The request machinery (creating the owned session on first use)."""
+        if self._closed:
+            raise errors.ClientClosed(f"client for district {self.district_id!r} is closed")
+        if self._requester is None:
+            if self._session is None:
+                connector = aiohttp.TCPConnector(
+                    limit=max(8, 2 * self.concurrency), ssl=self._ssl if self._ssl else True
+                )
+                self._session = aiohttp.ClientSession(connector=connector)
+            self._requester = Requester(
+                session=self._session,
+                auth=self._auth,
+                district_id=self.district_id,
+                request_timeout=self._timeout,
+                retry=self._retry,
+                observer=self._observer,
+            )
+        return self._requester
+
+    def url(self, entity: str, params: list[tuple[str, str]], version: Version) -> yarl.URL:
+        """The exact URL sent: root + base path + collection + strictly encoded query."""
+        query = encode_query(params)
+        text = f"{self._root}{BASE_PATHS[version]}/{entity}" + (f"?{query}" if query else "")
+        return yarl.URL(text, encoded=True)
+
+    async def resolve_version(self) -> Version:
+        """The configured version, or the one detected by probing ``orgs`` (1.2 first)."""
+        if self._version is not None:
+            return self._version
+        async with self._detect_lock:
+            if self._version is None:
+                self._version = await self._detect()
+        return self._version
+
+    async def _detect(self) -> Version:
+        requester = self.requester()
+        failures: list[str] = []
+        for candidate in ("1.2", "1.1"):
+            url = self.url("orgs", [("limit", "1"), ("offset", "0")], candidate)
+            try:
+                await requester.get(url, "orgs", entity="orgs")
+            except (errors.NotFound, errors.BadResponse, errors.BadRequest) as exc:
+                failures.append(f"{candidate}: {exc}")
+                continue
+            log.info("source.version_detected", district_id=self.district_id, version=candidate)
+            return candidate
+        raise errors.NotFound(
+            f"no OneRoster 1.1 or 1.2 base path answers under {self._root} "
+            f"({'; '.join(failures)}); set the district's version explicitly"
+        )
+
+    def listing(
+        self,
+        entity: Entity,
+        *,
+        since: datetime | None = None,
+        since_format: TimestampFormat | None = None,
+    ) -> Listing:
+        """Every page of ``entity`` (records changed after ``since``, when given).
+
+        ``since`` is written in ``since_format``, else the format last observed on this server.
+        """
+        if self._closed:
+            raise errors.ClientClosed(f"client for district {self.district_id!r} is closed")
+        return Listing(self, entity, since=since, since_format=since_format)
+
+    def _sort_params(self) -> list[tuple[str, str]]:
+        return [] if self._sort_ok is False else [("sort", "sourcedId"), ("orderBy", "asc")]
+
+
+class Listing:
+    """An async iterator of :class:`RawPage` over one collection; iterate it once.
+
+    With ``X-Total-Count`` the pages after the first are fetched concurrently (at most
+    ``concurrency`` at a time, so memory stays flat) and may arrive out of offset order. Without
+    it, pages are fetched one after another until an empty page. A page shorter than asked while
+    the total says more is the server clamping ``limit``: the gap is fetched, it is not the end.
+
+    ``complete`` becomes True only when the iterator is exhausted without error and the total
+    did not change on the way; otherwise ``incomplete_reason`` says why.
+    """
+
+    def __init__(
+        self,
+        client: OneRosterClient,
+        entity: Entity,
+        *,
+        since: datetime | None,
+        since_format: TimestampFormat | None,
+    ) -> None:
+        self.entity: Entity = entity
+        self.complete = False
+        self.incomplete_reason: str | None = None
+        self.observed_format: TimestampFormat | None = None
+        self.total: int | None = None
+        self.records = 0
+        self.pages = 0
+        self._client = client
+        self._since = since
+        self._since_format = since_format
+        self._filter: str | None = None
+        self._pages = self._run()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> RawPage:
+        return await self._pages.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop early: cancels the pages in flight."""
+        await self._pages.aclose()
+
+    def _incomplete(self, reason: str) -> None:
+        if self.incomplete_reason is None:
+            self.incomplete_reason = reason
+            log.warning(
+                "source.listing_incomplete",
+                district_id=self._client.district_id,
+                entity=self.entity,
+                reason=reason,
+            )
+
+    def _page(self, offset: int, records: list[Any]) -> RawPage:
+        if self.observed_format is None:
+            for record in records:
+                if isinstance(record, dict):
+                    found = detect_format(record.get("dateLastModified"))
+                    if found is not None:
+                        self.observed_format = self._client.observed_format = found
+                        break
+        self.records += len(records)
+        self.pages += 1
+        return RawPage(self.entity, offset, records, self.total)
+
+    async def _fetch(
+        self, offset: int, limit: int, *, sort: bool = True
+    ) -> tuple[list[Any], int | None]:
+        client = self._client
+        version = await client.resolve_version()
+        params = [("limit", str(limit)), ("offset", str(offset))]
+        if sort:
+            params += client._sort_params()
+        if self._filter is not None:
+            params.append(("filter", self._filter))
+        url = client.url(self.entity, params, version)
+        records, headers = await client.requester().get(
+            url, self.entity, entity=self.entity, filter_sent=self._filter is not None
+        )
+        if len(records) > limit:  # a server ignoring `limit`: the rest belongs to later pages
+            records = records[:limit]
+        return records, _total(headers)
+
+    async def _first(self) -> tuple[list[Any], int | None]:
+        client = self._client
+        if client._sort_ok is False:
+            return await self._fetch(0, client.page_size)
+        try:
+            result = await self._fetch(0, client.page_size)
+        except errors.BadRequest:
+            # Maybe the server refuses `sort`: ask once more without it before blaming the filter.
+            result = await self._fetch(0, client.page_size, sort=False)
+            client._sort_ok = False
+            log.info("source.sort_unsupported", district_id=client.district_id, entity=self.entity)
+        else:
+            client._sort_ok = True
+        return result
+
+    async def _run(self) -> AsyncGenerator[RawPage, None]:
+        client = self._client
+        if self._since is not None:
+            fmt = self._since_format or client.observed_format
+            self._filter = delta_filter(self._since, fmt) if fmt else delta_filter(self._since)
+        started = time.monotonic()
+        bound = log.bind(district_id=client.district_id, entity=self.entity)
+        bound.info("source.listing_started", delta=self._filter is not None)
+        records, total = await self._first()
+        self.total = total
+        yield self._page(0, records)
+        if total is None:
+            async for page in self._sequential(len(records), records):
+                yield page
+        else:
+            async for page in self._concurrent(total, len(records)):
+                yield page
+        if self.incomplete_reason is None:
+            self.complete = True
+        seconds = time.monotonic() - started
+        client._observer(
+            "listing.done",
+            {
+                "district_id": client.district_id,
+                "entity": self.entity,
+                "records": self.records,
+                "pages": self.pages,
+                "complete": self.complete,
+                "seconds": seconds,
+            },
+        )
+        bound.info(
+            "source.listing_done",
+            records=self.records,
+            pages=self.pages,
+            complete=self.complete,
+            seconds=round(seconds, 3),
+        )
+
+    async def _sequential(self, offset: int, previous: list[Any]) -> AsyncIterator[RawPage]:
+        """No total: page until an empty page."""
+        while previous:
+            records, total = await self._fetch(offset, self._client.page_size)
+            if total is not None and self.total is None:
+                self.total = total
+            if not records:
+                return
+            if records[0] == previous[0]:
+                raise errors.BadResponse(
+                    f"the server returned the same page for offset {offset}: it ignores "
+                    "`offset`, so the collection cannot be listed completely",
+                    url=loggable_url(self._client.url(self.entity, [], "1.1")),
+                )
+            yield self._page(offset, records)
+            offset += len(records)
+            previous = records
+
+    def _settle(
+        self,
+        offset: int,
+        limit: int,
+        records: list[Any],
+        *,
+        seen_total: int | None,
+        total: int,
+        gaps: deque[tuple[int, int]],
+        step: int,
+    ) -> int:
+        """Account for one fetched page: note a changed total, queue the gap of a clamped page.
+
+        Returns the page size to ask for from now on.
+        """
+        if seen_total != total:
+            self._incomplete(f"X-Total-Count changed from {total} to {seen_total}")
+        expected = min(limit, max(0, total - offset))
+        if 0 < len(records) < expected:
+            gaps.append((offset + len(records), expected - len(records)))
+            return min(step, len(records))
+        if not records and expected:
+            self._incomplete(f"empty page at offset {offset} of {total}")
+        return step
+
+    async def _concurrent(self, total: int, first: int) -> AsyncIterator[RawPage]:
+        """Known total: fetch the remaining pages concurrently, filling gaps left by clamping."""
+        client = self._client
+        step = client.page_size
+        if 0 < first < min(step, total):
+            step = first  # the server clamps `limit`: ask for what it gives
+        gaps: deque[tuple[int, int]] = deque()
+        next_offset = first if first else total  # an empty first page under a total: done
+        if first == 0 and total:
+            self._incomplete(f"first page empty although X-Total-Count is {total}")
+        running: dict[asyncio.Task[tuple[list[Any], int | None]], tuple[int, int]] = {}
+        try:
+            while gaps or next_offset < total or running:
+                while len(running) < client.concurrency and (gaps or next_offset < total):
+                    if gaps:
+                        offset, limit = gaps.popleft()
+                    else:
+                        offset, limit = next_offset, step
+                        next_offset += step
+                    task = asyncio.create_task(self._fetch(offset, limit))
+                    running[task] = (offset, limit)
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: running[t][0]):
+                    offset, limit = running.pop(task)
+                    records, seen_total = task.result()
+                    step = self._settle(
+                        offset,
+                        limit,
+                        records,
+                        seen_total=seen_total,
+                        total=total,
+                        gaps=gaps,
+                        step=step,
+                    )
+                    if records:
+                        yield self._page(offset, records)
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+
+__all__ = ["BASE_PATHS", "Listing", "Observer", "OneRosterClient", "Requester", "loggable_url"]
