@@ -1,0 +1,154 @@
+"""Topic names and their configs; creating missing topics and refusing misconfigured ones.
+
+<prefix>.<entity>      change events, history kept (retention configurable, default unlimited)
+<prefix>.state         compacted: latest canonical record per key, tombstone on delete
+<prefix>.checkpoints   compacted: per district and entity, the sync cursor and counts
+<prefix>.deadletter    records that could not be normalised, with reason and raw JSON
+<prefix>.schemas       compacted: every Avro schema we write, keyed by its fingerprint
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from producer.errors import BrokerUnavailable, TopicMisconfigured
+from producer.model import ENTITIES, Entity
+
+log = structlog.get_logger(__name__)
+
+#: A week: a cold restore of the state topic must finish well within this, or it could miss a
+#: delete whose tombstone the cleaner already removed.
+DEFAULT_STATE_DELETE_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The topic names under one prefix."""
+
+    prefix: str
+
+    def events(self, entity: Entity) -> str:
+        return f"{self.prefix}.{entity}"
+
+    @property
+    def state(self) -> str:
+        return f"{self.prefix}.state"
+
+    @property
+    def checkpoints(self) -> str:
+        return f"{self.prefix}.checkpoints"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    @property
+    def schemas(self) -> str:
+        return f"{self.prefix}.schemas"
+
+    def all(self) -> list[str]:
+        return [
+            *(self.events(e) for e in ENTITIES),
+            self.state,
+            self.checkpoints,
+            self.deadletter,
+            self.schemas,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """How topics are created: partition count and retention."""
+
+    partitions: int = 6
+    replication_factor: int = 1
+    #: ``retention.ms`` of event and dead-letter topics; -1 keeps history forever.
+    event_retention_ms: int = -1
+    state_delete_retention_ms: int = DEFAULT_STATE_DELETE_RETENTION_MS
+
+
+def topic_specs(
+    names: TopicNames, settings: TopicSettings
+) -> dict[str, tuple[int, dict[str, str]]]:
+    """Partitions and configs of every topic, by name."""
+    compacted = {"cleanup.policy": "compact"}
+    history = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
+    specs: dict[str, tuple[int, dict[str, str]]] = {
+        names.events(e): (settings.partitions, history) for e in ENTITIES
+    }
+    specs[names.deadletter] = (settings.partitions, history)
+    specs[names.state] = (
+        settings.partitions,
+        {**compacted, "delete.retention.ms": str(settings.state_delete_retention_ms)},
+    )
+    specs[names.checkpoints] = (1, compacted)
+    specs[names.schemas] = (1, compacted)
+    return specs
+
+
+async def ensure_topics(
+    admin_config: dict[str, Any], names: TopicNames, settings: TopicSettings
+) -> list[str]:
+    """Create the topics that are missing; refuse a state or checkpoint topic that is not
+    compacted. Returns the names created."""
+    admin = AIOKafkaAdminClient(**admin_config)
+    specs = topic_specs(names, settings)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [n for n in specs if n not in existing]
+        if missing:
+            # Another instance may create them first.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            n, specs[n][0], settings.replication_factor, topic_configs=specs[n][1]
+                        )
+                        for n in missing
+                    ]
+                )
+            log.info("topics_created", topics=missing)
+        await _check_compacted(admin, [names.state, names.checkpoints])
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"could not check or create topics: {exc}") from exc
+    finally:
+        await admin.close()
+    return missing
+
+
+async def _check_compacted(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    policies = await _cleanup_policies(admin, topics)
+    for name in topics:
+        policy = policies.get(name)
+        if policy is None or "compact" not in policy:
+            raise TopicMisconfigured(
+                f"topic {name!r} exists with cleanup.policy={policy!r}, but it must be "
+                f"compacted: run `kafka-configs --alter --entity-type topics --entity-name "
+                f"{name} --add-config cleanup.policy=compact` or use another topic_prefix"
+            )
+
+
+async def _cleanup_policies(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, str]:
+    """``cleanup.policy`` by topic. Right after creation a topic may not be described yet
+    (the resource carries an error code): ask again for a few seconds."""
+    policies: dict[str, str] = {}
+    for _ in range(50):
+        wanted = [t for t in topics if t not in policies]
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in wanted]
+        for response in await admin.describe_configs(resources):
+            for code, _msg, _rtype, name, entries in response.resources:
+                if code == 0:
+                    policies[name] = next((e[1] for e in entries if e[0] == "cleanup.policy"), "")
+        if len(policies) == len(topics):
+            break
+        await asyncio.sleep(0.1)
+    return policies

@@ -1,0 +1,211 @@
+"""The transactional writer, topic setup and state restore, against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from producer.errors import Fenced, TopicMisconfigured
+from producer.state import StateStore, StateWrite, restore_from_kafka, topic_partitions
+from producer.topics import TopicNames, TopicSettings, ensure_topics
+from producer.writer import Batch, OutRecord, TransactionalWriter
+
+pytestmark = pytest.mark.integration
+
+
+async def read_topic(
+    bootstrap: str, topic: str, isolation: str = "read_committed"
+) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+    """Every record of ``topic`` up to its end offsets, as (key, value, headers)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level=isolation, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out = []
+        for _ in range(100):
+            if all([await consumer.position(tp) >= end[tp] for tp in tps]):
+                break
+            batch = await consumer.getmany(timeout_ms=300)
+            for msgs in batch.values():
+                out.extend((m.key, m.value, dict(m.headers)) for m in msgs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def env(kafka_bootstrap: str, unique_prefix: str, tmp_path: Path):
+    """Topics under a fresh prefix, a store and a started writer; all closed afterwards."""
+    names = TopicNames(unique_prefix)
+    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings(partitions=3))
+    store = StateStore(tmp_path / "state.sqlite")
+    writer = TransactionalWriter(
+        producer_config={"bootstrap_servers": kafka_bootstrap},
+        transactional_id=f"{unique_prefix}-shard-0",
+        state_topic=names.state,
+        store=store,
+    )
+    await writer.start()
+    yield names, store, writer
+    await writer.close()
+    store.close()
+
+
+def _batch(names: TopicNames, n: int, *, start: int = 0, checkpoint: bool = True) -> Batch:
+    batch = Batch()
+    for i in range(start, start + n):
+        key = f"d1/u{i}".encode()
+        batch.events.append(OutRecord(names.events("users"), key, f"event{i}".encode()))
+        batch.state.append(StateWrite("users", "d1", f"u{i}", b"digest%d" % i, b"value%d" % i))
+    if checkpoint:
+        batch.checkpoint = OutRecord(names.checkpoints, b"d1/users", b"cursor")
+    return batch
+
+
+async def test_ensure_topics_creates_every_topic_with_its_policy(
+    kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    """Missing topics are created: state and checkpoints compacted, events kept forever; a
+    second call creates nothing."""
+    names = TopicNames(unique_prefix)
+    created = await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+    assert sorted(created) == sorted(names.all())
+    again = await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+    assert again == []
+
+
+async def test_ensure_topics_refuses_a_state_topic_that_is_not_compacted(
+    kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    """An existing state topic with cleanup.policy=delete stops the start with a message that
+    names the topic and the fix."""
+    names = TopicNames(unique_prefix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics(
+        [NewTopic(names.state, 1, 1, topic_configs={"cleanup.policy": "delete"})]
+    )
+    await admin.close()
+    with pytest.raises(TopicMisconfigured, match=r"\.state.*compact"):
+        await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+
+
+async def test_commit_writes_everything_then_advances_the_store(env, kafka_bootstrap: str) -> None:
+    """A committed batch is visible to read_committed readers (events, state with digest
+    headers, checkpoint) and only then is in the local store, with the offsets it reached."""
+    names, store, writer = env
+    await writer.commit(_batch(names, 10))
+    events = await read_topic(kafka_bootstrap, names.events("users"))
+    assert sorted(v for _, v, _ in events) == sorted(f"event{i}".encode() for i in range(10))
+    state = await read_topic(kafka_bootstrap, names.state)
+    assert {k: h["digest"] for k, _, h in state} == {
+        f"users/d1/u{i}".encode(): b"digest%d" % i for i in range(10)
+    }
+    assert [v for _, v, _ in await read_topic(kafka_bootstrap, names.checkpoints)] == [b"cursor"]
+    assert store.count("users", "d1") == 10
+    assert sum(store.offsets(names.state).values()) == 10
+
+
+async def test_cancelled_batch_leaves_nothing_visible_and_store_untouched(
+    env, kafka_bootstrap: str
+) -> None:
+    """A batch whose task is cancelled before commit leaves no committed record and no store
+    change; the next batch commits normally."""
+    names, store, writer = env
+    batch = _batch(names, 2000)
+    task = asyncio.create_task(writer.commit(batch))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.count("users", "d1") == 0
+    assert await read_topic(kafka_bootstrap, names.events("users")) == []
+    await writer.commit(_batch(names, 3, start=5000))
+    assert len(await read_topic(kafka_bootstrap, names.events("users"))) == 3
+    assert store.count("users", "d1") == 3
+
+
+async def test_restart_with_same_transactional_id_fences_the_old_writer(
+    env, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A second writer with the same transactional_id fences the first: the old one's next
+    batch raises Fenced and commits nothing."""
+    names, store, writer = env
+    other_store = StateStore(tmp_path / "other.sqlite")
+    newer = TransactionalWriter(
+        producer_config={"bootstrap_servers": kafka_bootstrap},
+        transactional_id=writer.transactional_id,
+        state_topic=names.state,
+        store=other_store,
+    )
+    await newer.start()
+    try:
+        with pytest.raises(Fenced):
+            await writer.commit(_batch(names, 1))
+        await newer.commit(_batch(names, 2, start=100))
+    finally:
+        await newer.close()
+        other_store.close()
+    events = await read_topic(kafka_bootstrap, names.events("users"))
+    assert sorted(v for _, v, _ in events) == [b"event100", b"event101"]
+    assert store.count("users", "d1") == 0
+
+
+async def test_cold_and_warm_restore_rebuild_the_same_store(
+    env, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A cold restore (empty store) rebuilds every key with its digest and value, deletes
+    included; a warm restore later replays only the records written since."""
+    names, store, writer = env
+    await writer.commit(_batch(names, 50))
+    deletes = Batch(state=[StateWrite("users", "d1", f"u{i}", None, None) for i in range(10)])
+    await writer.commit(deletes)
+    assert store.count("users", "d1") == 40
+
+    config = {"bootstrap_servers": kafka_bootstrap}
+    fresh = StateStore(tmp_path / "restored.sqlite")
+    try:
+        stats = await restore_from_kafka(fresh, topic=names.state, consumer_config=config)
+        assert stats.cold
+        assert stats.records == 60
+        assert list(fresh.sourced_ids("users", "d1")) == list(store.sourced_ids("users", "d1"))
+        assert fresh.get("users", "d1", "u42") == store.get("users", "d1", "u42")
+
+        await writer.commit(_batch(names, 5, start=1000))
+        warm = await restore_from_kafka(fresh, topic=names.state, consumer_config=config)
+        assert not warm.cold
+        assert warm.records == 5
+        assert fresh.count("users", "d1") == 45
+    finally:
+        fresh.close()
+
+
+async def test_restore_wipes_a_store_ahead_of_a_recreated_topic(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Stored offsets beyond the topic's end mean the topic was recreated: the store is
+    wiped and rebuilt from what the topic holds now."""
+    names = TopicNames(f"re{uuid.uuid4().hex[:8]}")
+    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings(partitions=1))
+    store = StateStore(tmp_path / "s.sqlite")
+    try:
+        store.apply(
+            [StateWrite("users", "d1", "stale", b"d", b"v")], topic=names.state, offsets={0: 99}
+        )
+        stats = await restore_from_kafka(
+            store, topic=names.state, consumer_config={"bootstrap_servers": kafka_bootstrap}
+        )
+        assert stats.records == 0
+        assert store.count() == 0
+    finally:
+        store.close()
