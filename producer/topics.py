@@ -69,6 +69,7 @@ class TopicSettings:
     """How topics are created: partition count and retention."""
 
     partitions: int = 6
+    #: -1: as many replicas as there are brokers, at most 3.
     replication_factor: int = 1
     #: ``retention.ms`` of event and dead-letter topics; -1 keeps history forever.
     event_retention_ms: int = -1
@@ -106,15 +107,13 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [n for n in specs if n not in existing]
         if missing:
+            replicas = settings.replication_factor
+            if replicas < 1:  # "broker default": up to 3 replicas, as many as there are brokers
+                replicas = min(3, len((await admin.describe_cluster())["brokers"]))
             # Another instance may create them first.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [
-                        NewTopic(
-                            n, specs[n][0], settings.replication_factor, topic_configs=specs[n][1]
-                        )
-                        for n in missing
-                    ]
+                    [NewTopic(n, specs[n][0], replicas, topic_configs=specs[n][1]) for n in missing]
                 )
             log.info("topics_created", topics=missing)
         await _check_compacted(admin, [names.state, names.checkpoints])
