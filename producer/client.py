@@ -49,8 +49,8 @@ BASE_PATHS: Final[dict[Version, str]] = {
 _SECRET_PARAMS: Final = ("oauth_", "access_token", "client_secret")
 
 
-def _ignore(event: str, fields: Mapping[str, object]) -> None:
-    """The default observer."""
+def ignore_events(event: str, fields: Mapping[str, object]) -> None:
+    """The default observer: drops every event."""
 
 
 def loggable_url(url: yarl.URL) -> str:
@@ -74,7 +74,7 @@ class Requester:
         district_id: str,
         request_timeout: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
-        observer: Observer = _ignore,
+        observer: Observer = ignore_events,
     ) -> None:
         self.session = session
         self.auth = auth
@@ -86,9 +86,16 @@ class Requester:
         self._not_before = 0.0
 
     async def get(
-        self, url: yarl.URL, key: str, *, entity: str, filter_sent: bool = False
-    ) -> tuple[list[Any], CIMultiDictProxy[str]]:
-        """The list under ``key`` at ``url`` and the response headers, retried as the policy says.
+        self,
+        url: yarl.URL,
+        key: str,
+        *,
+        entity: str,
+        filter_sent: bool = False,
+        expect: type = list,
+    ) -> tuple[Any, CIMultiDictProxy[str]]:
+        """The value under ``key`` at ``url`` (a list unless ``expect`` says otherwise) and the
+        response headers, retried as the policy says.
 
         Raises:
             errors.SourceError: a subclass saying what went wrong, after retries for retriable ones.
@@ -101,7 +108,9 @@ class Requester:
                 await asyncio.sleep(wait)
             started = time.monotonic()
             try:
-                records, headers = await self._once(url, key, filter_sent=filter_sent)
+                records, headers = await self._once(
+                    url, key, filter_sent=filter_sent, expect=expect
+                )
             except _Unauthorised:
                 if reauthenticated:
                     raise
@@ -155,8 +164,8 @@ class Requester:
             return records, headers
 
     async def _once(
-        self, url: yarl.URL, key: str, *, filter_sent: bool
-    ) -> tuple[list[Any], CIMultiDictProxy[str]]:
+        self, url: yarl.URL, key: str, *, filter_sent: bool, expect: type
+    ) -> tuple[Any, CIMultiDictProxy[str]]:
         where = loggable_url(url)
         headers = await self.auth.headers("GET", url)
         headers["Accept"] = "application/json"
@@ -173,7 +182,7 @@ class Requester:
             ) from exc
         info: ServerStatus
         if status == 200:
-            records, envelope = records_of(body, key, url=where)
+            records, envelope = records_of(body, key, url=where, expect=expect)
             if envelope is None:
                 return records, response_headers
             info = envelope
@@ -218,7 +227,7 @@ class OneRosterClient:
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
         session: aiohttp.ClientSession | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        observer: Observer = _ignore,
+        observer: Observer = ignore_events,
         sort: bool = True,
     ) -> None:
         if version not in ("1.1", "1.2", "auto"):
@@ -570,4 +579,12 @@ class Listing:
                 await asyncio.gather(*running, return_exceptions=True)
 
 
-__all__ = ["BASE_PATHS", "Listing", "Observer", "OneRosterClient", "Requester", "loggable_url"]
+__all__ = [
+    "BASE_PATHS",
+    "Listing",
+    "Observer",
+    "OneRosterClient",
+    "Requester",
+    "ignore_events",
+    "loggable_url",
+]

@@ -138,8 +138,10 @@ def describe_body(body: bytes) -> ServerStatus:
     )
 
 
-def records_of(body: bytes, key: str, *, url: str) -> tuple[list[Any], ServerStatus | None]:
-    """The records under ``key`` of a 200 body.
+def records_of(
+    body: bytes, key: str, *, url: str, expect: type = list
+) -> tuple[Any, ServerStatus | None]:
+    """The records (a list, or an ``expect`` object) under ``key`` of a 200 body.
 
     Returns ``(records, None)`` for a data page, or ``([], status)`` when the 200 carries an error
     envelope instead (the caller turns it into the error of ``status.implied_status``).
@@ -158,13 +160,15 @@ def records_of(body: bytes, key: str, *, url: str) -> tuple[list[Any], ServerSta
         ) from exc
     if isinstance(doc, dict):
         records = doc.get(key)
-        if isinstance(records, list):
+        if isinstance(records, expect):
             return records, None
     status = describe_document(doc)
     if status is not None and status.implied_status is not None:
         return [], status
     detail = status.text() if status else f"top-level keys {_keys(doc)}"
-    raise errors.BadResponse(f"200 response without a {key!r} list: {detail}", status=200, url=url)
+    raise errors.BadResponse(
+        f"200 response without a {key!r} {expect.__name__}: {detail}", status=200, url=url
+    )
 
 
 def _keys(doc: object) -> str:
