@@ -1,0 +1,180 @@
+"""Prometheus metrics, owned by one ``Metrics`` object with its own registry (no globals).
+
+Components receive the ``Metrics`` instance and call its small typed methods; ``/metrics`` serves
+``render()``. Labels are district ids, entity names, operation names and error *class* names,
+never messages or secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+#: ``Content-Type`` of ``render()``.
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+Op = Literal["CREATED", "UPDATED", "DELETED"]
+SyncMode = Literal["DELTA", "FULL"]
+
+_Metric = Counter | Gauge | Histogram
+_PAGE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SYNC_BUCKETS: Final = (0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0)
+
+
+def _kind(kind: str | BaseException | type[BaseException]) -> str:
+    """An error label: the class name for exceptions, never the message (it may hold secrets)."""
+    if isinstance(kind, BaseException):
+        return type(kind).__name__
+    if isinstance(kind, type):
+        return kind.__name__
+    return kind
+
+
+class Metrics:
+    """Every metric of the daemon, registered in a private ``CollectorRegistry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._records = Counter(
+            "oneroster_records_fetched",
+            "Records fetched from OneRoster servers.",
+            ["district", "entity"],
+            registry=r,
+        )
+        self._events = Counter(
+            "oneroster_events",
+            "Change events committed to Kafka.",
+            ["district", "entity", "op"],
+            registry=r,
+        )
+        self._deadletters = Counter(
+            "oneroster_deadletters",
+            "Records sent to the dead-letter topic.",
+            ["district", "entity"],
+            registry=r,
+        )
+        self._errors = Counter(
+            "oneroster_errors",
+            "Failed polls and requests, by error class.",
+            ["district", "kind"],
+            registry=r,
+        )
+        self._retries = Counter(
+            "oneroster_retries",
+            "Retried requests, by reason.",
+            ["district", "reason"],
+            registry=r,
+        )
+        self._mass_delete_held = Counter(
+            "oneroster_mass_delete_held",
+            "Full syncs whose deletes the mass-delete guard held back.",
+            ["district", "entity"],
+            registry=r,
+        )
+        self._page_seconds = Histogram(
+            "oneroster_page_seconds",
+            "Time to fetch one page.",
+            ["district"],
+            buckets=_PAGE_BUCKETS,
+            registry=r,
+        )
+        self._sync_seconds = Histogram(
+            "oneroster_sync_seconds",
+            "Time to sync one entity of one district.",
+            ["district", "entity", "mode"],
+            buckets=_SYNC_BUCKETS,
+            registry=r,
+        )
+        self._last_success = Gauge(
+            "oneroster_last_success_timestamp_seconds",
+            "Unix time of the last successful sync.",
+            ["district", "entity"],
+            registry=r,
+        )
+        self._cursor_lag = Gauge(
+            "oneroster_cursor_lag_seconds",
+            "Now minus the delta cursor (the newest dateLastModified committed).",
+            ["district", "entity"],
+            registry=r,
+        )
+        self._state_keys = Gauge(
+            "oneroster_state_keys", "Keys in the local state store.", registry=r
+        )
+        self._ready = Gauge("oneroster_ready", "1 when /readyz answers 200.", registry=r)
+        self._district_series: dict[str, set[tuple[_Metric, tuple[str, ...]]]] = {}
+
+    def _labels(self, metric: _Metric, *values: str) -> tuple[str, ...]:
+        district = values[0]
+        self._district_series.setdefault(district, set()).add((metric, values))
+        return values
+
+    # ----------------------------------------------------------------- counters
+
+    def records_fetched(self, district: str, entity: str, n: int = 1) -> None:
+        """``n`` records came back from the server."""
+        self._records.labels(*self._labels(self._records, district, entity)).inc(n)
+
+    def events(self, district: str, entity: str, op: Op, n: int = 1) -> None:
+        """``n`` events of kind ``op`` were committed."""
+        self._events.labels(*self._labels(self._events, district, entity, op)).inc(n)
+
+    def deadletters(self, district: str, entity: str, n: int = 1) -> None:
+        """``n`` records went to the dead-letter topic."""
+        self._deadletters.labels(*self._labels(self._deadletters, district, entity)).inc(n)
+
+    def error(self, district: str, kind: str | BaseException | type[BaseException]) -> None:
+        """One failure, labelled by error class (an exception is reduced to its class name)."""
+        self._errors.labels(*self._labels(self._errors, district, _kind(kind))).inc()
+
+    def retry(self, district: str, reason: str) -> None:
+        """One retried request (``reason`` e.g. ``"429"``, ``"timeout"``, ``"5xx"``)."""
+        self._retries.labels(*self._labels(self._retries, district, reason)).inc()
+
+    def mass_delete_held(self, district: str, entity: str) -> None:
+        """The mass-delete guard held back a full sync's deletes."""
+        labels = self._labels(self._mass_delete_held, district, entity)
+        self._mass_delete_held.labels(*labels).inc()
+
+    # ----------------------------------------------------------------- histograms
+
+    def page(self, district: str, seconds: float) -> None:
+        """One page took ``seconds`` to fetch."""
+        self._page_seconds.labels(*self._labels(self._page_seconds, district)).observe(seconds)
+
+    def sync(self, district: str, entity: str, mode: SyncMode, seconds: float) -> None:
+        """A sync of one entity took ``seconds``."""
+        labels = self._labels(self._sync_seconds, district, entity, mode)
+        self._sync_seconds.labels(*labels).observe(seconds)
+
+    # ----------------------------------------------------------------- gauges
+
+    def last_success(self, district: str, entity: str, timestamp: float) -> None:
+        """A sync of one entity succeeded at unix time ``timestamp``."""
+        labels = self._labels(self._last_success, district, entity)
+        self._last_success.labels(*labels).set(timestamp)
+
+    def cursor_lag(self, district: str, entity: str, seconds: float) -> None:
+        """How far the committed delta cursor is behind now."""
+        self._cursor_lag.labels(*self._labels(self._cursor_lag, district, entity)).set(seconds)
+
+    def state_keys(self, n: int) -> None:
+        """Keys held by the local state store."""
+        self._state_keys.set(n)
+
+    def ready(self, ready: bool) -> None:
+        """Whether the daemon is ready (``/readyz``)."""
+        self._ready.set(1 if ready else 0)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def forget_district(self, district: str) -> None:
+        """Drop every series of a district that was removed from the config."""
+        for metric, values in self._district_series.pop(district, set()):
+            metric.remove(*values)
+
+    def render(self) -> bytes:
+        """Every metric in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
