@@ -1,0 +1,301 @@
+"""The differ: a canonical record against the prior state of its key -> a change, or nothing.
+
+Public API::
+
+    Op, SyncMode, DeleteReason, Prior             # type aliases
+    digest(data: Mapping[str, Any]) -> bytes        # 16 bytes, ignores dateLastModified
+    diff(record: CanonicalRecord, prior: Prior | None, *, new_digest: bytes | None = None)
+        -> Change | None
+    absent(entity, district_id, sourced_id, prior: Prior) -> Change   # full-sync hard delete
+    event_id(district_id, entity, sourced_id, op, *, prior_digest, new_digest,
+             date_last_modified) -> str
+    SourceInfo(version, server, sync_mode, sync_id, emitted_at)
+    envelope(change, source) -> dict[str, Any]      # the change envelope as a dict
+    encode(schemas, change, source, *, before_body=None) -> Encoded  # event + state bytes
+
+Rules (``Prior`` is ``(digest, prior canonical data or None when only the digest is known)``):
+
+- ``digest`` is a 16-byte BLAKE2b of the record's canonical JSON (orjson, sorted keys at every
+  level) **without** ``dateLastModified``: a record the source only "touched" keeps its digest.
+- Active record, no prior: CREATED; ``changed_fields`` = the fields that have a value (not null,
+  not empty), sorted.
+- Active record, same digest as the prior: ``None`` (unchanged; re-reads emit nothing).
+- Active record, other digest: UPDATED, ``before`` = the prior data; ``changed_fields`` = the
+  top-level fields whose values differ, sorted; empty when the prior data is unknown.
+- ``tobedeleted`` record with a prior: DELETED, ``before`` = the prior data, ``after`` = null,
+  ``delete_reason`` = ``tobedeleted``, ``changed_fields`` empty. For an **unknown key** it emits
+  nothing: there is nothing downstream to delete, and it must not appear as a creation.
+- ``absent``: DELETED with ``delete_reason`` = ``absent_from_full_sync`` for a key in the state
+  but missing from a complete full listing; its source dateLastModified/status are the prior
+  record's (an empty dateLastModified when the prior data is unknown).
+- ``dateLastModified`` never appears in ``changed_fields``.
+
+``event_id`` is a UUID5 (fixed namespace) over district, entity, sourcedId, op, the prior and new
+digests (hex, empty when none) and the source dateLastModified of the change (the new record's;
+the prior's for ``absent``). The same change re-read or re-sent after a crash gets the same id;
+a record deleted and re-created with identical content gets a new one, because the source
+stamps a new dateLastModified.
+
+``encode`` encodes the new canonical record once and uses those bytes both as the state value
+(single-object) and inside the event's ``after``; pass ``before_body`` (the prior state value's
+body, ``avro.body_of(state_bytes)``) to skip re-encoding the prior image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+
+import orjson
+
+from producer.avro import CHANGE_NAMES, RECORD_NAMES, Schemas, headers
+from producer.model import CanonicalRecord, Entity, Status, record_key
+
+Op = Literal["CREATED", "UPDATED", "DELETED"]
+SyncMode = Literal["DELTA", "FULL"]
+DeleteReason = Literal["tobedeleted", "absent_from_full_sync"]
+#: What the state store knows of a key: its digest, and its canonical data when available.
+Prior = tuple[bytes, Mapping[str, Any] | None]
+
+DIGEST_SIZE: Final = 16
+_EVENT_NS: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:oneroster-cdc:event-id")
+_DLM: Final = "dateLastModified"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change of one record, ready to become an event (and a state write or tombstone)."""
+
+    op: Op
+    entity: Entity
+    district_id: str
+    sourced_id: str
+    event_id: str
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+    changed_fields: tuple[str, ...]
+    #: Digest of ``after`` (what the state store keeps); None for DELETED.
+    digest: bytes | None
+    prior_digest: bytes | None
+    #: The source's dateLastModified of the change (ISO-8601 UTC text).
+    date_last_modified: str
+    status: Status
+    delete_reason: DeleteReason | None = None
+
+    @property
+    def key(self) -> str:
+        """The Kafka key, ``<district_id>/<sourcedId>``."""
+        return record_key(self.district_id, self.sourced_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """How the change was observed: fills the envelope's ``source`` and ``emitted_at``."""
+
+    version: str
+    server: str | None
+    sync_mode: SyncMode
+    sync_id: str
+    #: Producer clock: an aware datetime, or epoch milliseconds.
+    emitted_at: datetime | int
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """The bytes to write for one change."""
+
+    #: The change event (single-object Avro), for ``<prefix>.<entity>``.
+    event: bytes
+    #: Kafka headers of the event (schema full name and op).
+    event_headers: list[tuple[str, bytes]]
+    #: The new state value (single-object Avro canonical record); None = write a tombstone.
+    state: bytes | None
+
+
+def digest(data: Mapping[str, Any]) -> bytes:
+    """16-byte BLAKE2b of the canonical record without ``dateLastModified``."""
+    rest = dict(data)
+    rest.pop(_DLM, None)
+    return hashlib.blake2b(
+        orjson.dumps(rest, option=orjson.OPT_SORT_KEYS), digest_size=DIGEST_SIZE
+    ).digest()
+
+
+def event_id(
+    district_id: str,
+    entity: str,
+    sourced_id: str,
+    op: Op,
+    *,
+    prior_digest: bytes | None,
+    new_digest: bytes | None,
+    date_last_modified: str,
+) -> str:
+    """The deterministic id of a change (see the module docstring)."""
+    name = "\x1f".join(
+        (
+            district_id,
+            entity,
+            sourced_id,
+            op,
+            prior_digest.hex() if prior_digest else "",
+            new_digest.hex() if new_digest else "",
+            date_last_modified,
+        )
+    )
+    return str(uuid.uuid5(_EVENT_NS, name))
+
+
+def _has_value(value: Any) -> bool:
+    return value is not None and value != []
+
+
+def _changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, ...]:
+    keys = before.keys() | after.keys()
+    return tuple(sorted(k for k in keys if k != _DLM and before.get(k) != after.get(k)))
+
+
+def diff(
+    record: CanonicalRecord, prior: Prior | None, *, new_digest: bytes | None = None
+) -> Change | None:
+    """The change ``record`` makes to the state ``prior`` of its key, or None if it makes none.
+
+    ``new_digest`` may be passed when already computed (``digest(record.data)``).
+    """
+    data = record.data
+    prior_digest: bytes | None = None
+    before: Mapping[str, Any] | None = None
+    if prior is not None:
+        prior_digest, before = prior
+    new: bytes | None = None
+    after: Mapping[str, Any] | None = None
+    reason: DeleteReason | None = None
+    if record.status == "tobedeleted":
+        if prior is None:
+            return None
+        op: Op = "DELETED"
+        fields: tuple[str, ...] = ()
+        reason = "tobedeleted"
+    else:
+        new = digest(data) if new_digest is None else new_digest
+        after = data
+        if prior is None:
+            op = "CREATED"
+            fields = tuple(sorted(k for k, v in data.items() if k != _DLM and _has_value(v)))
+        elif prior_digest == new:
+            return None
+        else:
+            op = "UPDATED"
+            fields = () if before is None else _changed(before, data)
+    dlm = data[_DLM]
+    eid = event_id(
+        record.district_id,
+        record.entity,
+        record.sourced_id,
+        op,
+        prior_digest=prior_digest,
+        new_digest=new,
+        date_last_modified=dlm,
+    )
+    return Change(
+        op=op,
+        entity=record.entity,
+        district_id=record.district_id,
+        sourced_id=record.sourced_id,
+        event_id=eid,
+        before=before,
+        after=after,
+        changed_fields=fields,
+        digest=new,
+        prior_digest=prior_digest,
+        date_last_modified=dlm,
+        status=record.status,
+        delete_reason=reason,
+    )
+
+
+def absent(entity: Entity, district_id: str, sourced_id: str, prior: Prior) -> Change:
+    """The DELETED change for a key in the state that a complete full listing did not return."""
+    prior_digest, before = prior
+    dlm = str(before.get(_DLM, "")) if before is not None else ""
+    status: Status = "active"
+    if before is not None and before.get("status") == "tobedeleted":
+        status = "tobedeleted"
+    return Change(
+        "DELETED",
+        entity,
+        district_id,
+        sourced_id,
+        event_id(
+            district_id,
+            entity,
+            sourced_id,
+            "DELETED",
+            prior_digest=prior_digest,
+            new_digest=None,
+            date_last_modified=dlm,
+        ),
+        before,
+        None,
+        (),
+        None,
+        prior_digest,
+        dlm,
+        status,
+        "absent_from_full_sync",
+    )
+
+
+def _millis(moment: datetime | int) -> int:
+    if isinstance(moment, datetime):
+        return int(moment.timestamp() * 1000)
+    return moment
+
+
+def envelope(change: Change, source: SourceInfo) -> dict[str, Any]:
+    """The change envelope of ``change`` as a dict of ``<Entity>Change.avsc``."""
+    return {
+        "event_id": change.event_id,
+        "op": change.op,
+        "district_id": change.district_id,
+        "entity": change.entity,
+        "sourced_id": change.sourced_id,
+        "before": change.before,
+        "after": change.after,
+        "changed_fields": list(change.changed_fields),
+        "source": {
+            "version": source.version,
+            "server": source.server,
+            "dateLastModified": change.date_last_modified,
+            "status": change.status,
+            "sync_mode": source.sync_mode,
+            "sync_id": source.sync_id,
+            "delete_reason": change.delete_reason,
+        },
+        "emitted_at": _millis(source.emitted_at),
+    }
+
+
+def encode(
+    schemas: Schemas, change: Change, source: SourceInfo, *, before_body: bytes | None = None
+) -> Encoded:
+    """Event bytes, event headers and state bytes of ``change``; the record is encoded once.
+
+    Raises ``EncodingError`` when a value does not fit its schema.
+    """
+    record_name = RECORD_NAMES[change.entity]
+    after_body = None
+    state = None
+    if change.after is not None:
+        after_body = schemas.encode_body(record_name, change.after)
+        state = schemas.frame(record_name, after_body)
+    if change.before is None:
+        before_body = None
+    event = schemas.encode_change(
+        change.entity, envelope(change, source), before_body=before_body, after_body=after_body
+    )
+    return Encoded(event, headers(CHANGE_NAMES[change.entity], change.op), state)
