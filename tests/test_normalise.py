@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producer.avro import RECORD_NAMES, Schemas
+from producer.avro import DEAD_LETTER, RECORD_NAMES, Schemas
 from producer.model import ENTITIES, CanonicalRecord, Rejection
 from producer.normalise import (
     MAX_ID_CHARS,
     MAX_ITEMS,
+    dead_letter,
     denormalise,
     format_timestamp,
     normalise,
@@ -243,6 +244,64 @@ def test_wrong_types_are_rejected_with_a_path(extra, reason):
     assert out.reason.startswith(reason), out.reason
     assert out.sourced_id == "u"
     assert orjson.loads(out.raw)["sourcedId"] == "u"
+
+
+def test_dead_letter_value_encodes():
+    """A rejection becomes a DeadLetter value that encodes and keeps reason and raw bytes."""
+    out = normalise("users", "d1", {"status": "active"})
+    assert isinstance(out, Rejection)
+    value = dead_letter(out, received_at=datetime(2024, 1, 1, tzinfo=UTC), sync_id="s1")
+    decoded = SCHEMAS.decode(SCHEMAS.encode(DEAD_LETTER, value)).value
+    assert decoded["reason"] == "users[sourcedId]: missing"
+    assert orjson.loads(decoded["raw"]) == {"status": "active"}
+    assert decoded["received_at"] == datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("entity", "raw", "checks"),
+    [
+        (
+            "academicSessions",
+            {
+                **BASE,
+                "title": "2024",
+                "type": "schoolYear",
+                "schoolYear": 2024,
+                "startDate": "2023-08-01",
+                "parent": {"sourcedId": "p"},
+            },
+            {"schoolYear": "2024", "parent": {"sourcedId": "p", "type": "academicSession"}},
+        ),
+        (
+            "courses",
+            {
+                **BASE,
+                "title": "Math",
+                "courseCode": "M1",
+                "grades": ["09", "10"],
+                "schoolYear": {"sourcedId": "y"},
+                "org": {"sourcedId": "s", "type": "org"},
+            },
+            {"grades": ["09", "10"], "schoolYear": {"sourcedId": "y", "type": "academicSession"}},
+        ),
+        (
+            "demographics",
+            {**BASE, "birthDate": "2010-01-02", "sex": "female", "asian": "TRUE", "white": False},
+            {"asian": True, "white": False, "hispanicOrLatinoEthnicity": None},
+        ),
+        (
+            "orgs",
+            {**BASE, "name": "HS", "type": "school", "children": [{"sourcedId": "c"}]},
+            {"children": [{"sourcedId": "c", "type": "org"}], "parent": None},
+        ),
+    ],
+)
+def test_other_entities_normalise(entity, raw, checks):
+    """Sessions, courses, demographics and orgs normalise: typed refs, booleans, numeric years."""
+    data = _ok(entity, raw).data
+    for key, value in checks.items():
+        assert data[key] == value
+    SCHEMAS.encode(RECORD_NAMES[entity], data)
 
 
 def test_integers_are_accepted_for_string_fields():
