@@ -64,9 +64,8 @@ def test_small_district_has_realistic_proportions_and_valid_references():
         for agent in user["agents"]:
             assert agent["sourcedId"] in user_ids
     demo = store.get("demographics", data.sourced_id("users", 3))
-    assert (
-        demo is not None and demo["sourcedId"] == store.get("users", demo["sourcedId"])["sourcedId"]
-    )  # type: ignore[index]
+    assert demo is not None
+    assert demo["sourcedId"] == store.get("users", demo["sourcedId"])["sourcedId"]
 
 
 def test_large_district_starts_instantly_and_has_the_promised_size():
@@ -96,9 +95,12 @@ def test_v11_users_carry_role_and_orgs_instead_of_roles():
     """1.1 districts serve ``role`` + ``orgs``; 1.2 districts ``roles[]`` + ``primaryOrg``."""
     v11 = make_store("tiny", version="1.1").data.record("users", 0)
     v12 = make_store("tiny", version="1.2").data.record("users", 0)
-    assert v11["role"] == "student" and v11["orgs"][0]["type"] == "org"
-    assert "roles" not in v11 and "primaryOrg" not in v11
-    assert v12["roles"][0]["role"] == "student" and "role" not in v12
+    assert v11["role"] == "student"
+    assert v11["orgs"][0]["type"] == "org"
+    assert "roles" not in v11
+    assert "primaryOrg" not in v11
+    assert v12["roles"][0]["role"] == "student"
+    assert "role" not in v12
 
 
 def test_mutations_are_stamped_with_the_clock_and_logged_as_truth():
@@ -122,7 +124,8 @@ def test_mutations_are_stamped_with_the_clock_and_logged_as_truth():
     state = store.truth_state("users")
     assert created["sourcedId"] in state
     assert state["usr-000000001"]["familyName"] == "Changed"
-    assert "usr-000000002" not in state and "usr-000000003" not in state
+    assert "usr-000000002" not in state
+    assert "usr-000000003" not in state
     assert store.get("users", "usr-000000003") is None
     with pytest.raises(KeyError):
         store.update("users", "usr-000000003", {"familyName": "x"})
@@ -184,7 +187,8 @@ def test_filter_grammar_predicates_logic_and_dotted_paths():
     assert ok("familyName!='Smith'")
     assert ok("enabledUser='true'")
     assert ok("dateLastModified>'2026-01-02T03:04:04.999Z'")
-    assert ok("dateLastModified>='2026-01-02'") and not ok("dateLastModified<'2026-01-02'")
+    assert ok("dateLastModified>='2026-01-02'")
+    assert not ok("dateLastModified<'2026-01-02'")
     assert ok("dateLastModified<='2026-01-02T03:04:05Z'")
     assert ok("roles.role='teacher' AND roles.org.sourcedId='org-2'")
     assert not ok("roles.role='student' AND familyName='O''Brien'")
