@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import textwrap
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from producer.config import (
 )
 from producer.errors import ConfigError
 from producer.model import Secret
+from producer.simulator.cli import add_arguments, specs_from_args
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -388,3 +390,19 @@ def test_loader_never_crashes_on_text(tmp_path_factory, text):
     path.write_text(text, encoding="utf-8")
     result = attempt(lambda: load_config(path, {}))
     assert isinstance(result, Config) or result.key
+
+
+def test_demo_configs_match_the_default_simulator():
+    """demo.toml and docker.toml name the districts and credentials `simulate` serves by default."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    specs = {s.id: s for s in specs_from_args(parser.parse_args([]))}
+    for name in ("demo.toml", "docker.toml"):
+        config = load_config(REPO / "config" / name, {})
+        assert {d.id for d in config.districts} == set(specs), name
+        for district in config.districts:
+            spec = specs[district.id]
+            assert district.version == spec.version
+            assert district.client_id == spec.client_id
+            assert district.client_secret == Secret(spec.client_secret)
+            assert district.base_url.endswith("/" + district.id)
