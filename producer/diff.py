@@ -3,6 +3,9 @@
 Public API::
 
     Op, SyncMode, DeleteReason, Prior             # type aliases
+    Change(op, entity, district_id, sourced_id, event_id, before, after, changed_fields,
+           digest, prior_digest, date_last_modified, status, delete_reason=None)  # .key
+    Encoded(event, event_headers, state)          # state None = write a tombstone
     digest(data: Mapping[str, Any]) -> bytes        # 16 bytes, ignores dateLastModified
     diff(record: CanonicalRecord, prior: Prior | None, *, new_digest: bytes | None = None)
         -> Change | None
@@ -284,6 +287,9 @@ def encode(
     schemas: Schemas, change: Change, source: SourceInfo, *, before_body: bytes | None = None
 ) -> Encoded:
     """Event bytes, event headers and state bytes of ``change``; the record is encoded once.
+
+    ``before_body`` is used only when ``change.before`` is set; it must be the body of exactly
+    that prior record (``avro.body_of`` of its state value).
 
     Raises ``EncodingError`` when a value does not fit its schema.
     """
