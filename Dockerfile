@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# oneroster-cdc: the daemon and its CLI (`oneroster-cdc run | sync | status | tail | simulate ...`).
+#
+#   docker build -t oneroster-cdc:local .
+#   docker run --rm -v "$PWD/config:/app/config:ro" oneroster-cdc:local check-config
+#
+# The package is installed from the source tree in /app (editable), because the Avro schemas are
+# read from /app/schemas next to the package.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ONEROSTER_CDC_CONFIG=/app/config/oneroster-cdc.toml
+
+RUN groupadd --system --gid 10001 cdc \
+ && useradd --system --uid 10001 --gid cdc --home-dir /app --shell /usr/sbin/nologin cdc \
+ && mkdir -p /var/lib/oneroster-cdc \
+ && chown cdc:cdc /var/lib/oneroster-cdc
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY producer ./producer
+COPY schemas ./schemas
+RUN pip install --editable . \
+ && python -c "import producer.cli"
+COPY config ./config
+
+USER cdc
+VOLUME ["/var/lib/oneroster-cdc"]
+# /healthz /readyz /metrics (the [http] listen address of the config)
+EXPOSE 8080
+ENTRYPOINT ["oneroster-cdc"]
+CMD ["run"]
