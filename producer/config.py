@@ -44,6 +44,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -55,8 +56,9 @@ from producer.model import ENTITIES, Entity, Secret
 ENV_PREFIX: Final = "ONEROSTER_CDC__"
 CONFIG_PATH_ENV: Final = "ONEROSTER_CDC_CONFIG"
 DEFAULT_CONFIG_PATH: Final = Path("config/oneroster-cdc.toml")
-#: Entities synced when a district does not list its own: demographics needs an extra scope.
-DEFAULT_ENTITIES: Final[tuple[Entity, ...]] = tuple(e for e in ENTITIES if e != "demographics")
+#: Entities synced when a district does not list its own: all of them. Demographics need an
+#: extra scope; a server that refuses them (403) has that entity skipped with a warning.
+DEFAULT_ENTITIES: Final[tuple[Entity, ...]] = ENTITIES
 
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
@@ -113,10 +115,6 @@ class _FieldProblem(ValueError):
         self.field = field
 
 
-def _duration(value: object) -> float:
-    return parse_duration(value)
-
-
 def _secret(value: object, info: ValidationInfo) -> Secret:
     if isinstance(value, Secret):
         return value
@@ -157,9 +155,8 @@ def _string_list(value: object) -> object:
 def _url(value: object) -> object:
     if isinstance(value, str):
         if not re.match(r"^https?://[^/\s]+", value) or any(c.isspace() for c in value):
-            raise ValueError(
-                f"{value!r} is not a URL; allowed: http://host[:port][/path], https://…"
-            )
+            # The value is not echoed: a URL may carry user:password.
+            raise ValueError("not a URL; allowed: http://host[:port][/path], https://…")
         return value.rstrip("/")
     return value
 
@@ -177,8 +174,11 @@ def _path(value: object) -> object:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
-SecretValue = Annotated[Secret, BeforeValidator(_secret)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+#: Dumps (``model_dump``) show a mask, never the value.
+SecretValue = Annotated[
+    Secret, BeforeValidator(_secret), PlainSerializer(lambda _: "**********", return_type=str)
+]
 Url = Annotated[str, BeforeValidator(_url)]
 StrList = Annotated[tuple[str, ...], BeforeValidator(_string_list)]
 FilePath = Annotated[Path, BeforeValidator(_path)]

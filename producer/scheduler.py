@@ -201,7 +201,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ internals
 
-    def _forget(self, district_id: str, _task: asyncio.Task[None]) -> None:
+    def _forget(self, district_id: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # A bug, not a poll failure (those are caught): say so loudly, never silently.
+            log.error("district.crashed", district=district_id, error=repr(exc))
         entry = self._districts.get(district_id)
         if entry is not None and entry.task is not None and entry.task.done():
             del self._districts[district_id]

@@ -226,10 +226,17 @@ def test_file_secret_relative_to_config(write, tmp_path):
 
 
 def test_secret_never_in_repr_or_str(write):
-    """Resolved secrets appear in neither repr nor str of the config, nor in error messages."""
+    """Resolved secrets appear in no repr, str or dump of the config, nor in error messages."""
     env = {"SPRINGFIELD_SECRET": "top-secret-value-1"}
     config = load_config(write(DISTRICT + '[classlink]\napi_key = "classlink-key-2"\n'), env)
-    for text in (repr(config), str(config), repr(config.districts[0]), str(config.classlink)):
+    dumps = (config.model_dump_json(), str(config.model_dump()))
+    for text in (
+        repr(config),
+        str(config),
+        repr(config.districts[0]),
+        str(config.classlink),
+        *dumps,
+    ):
         assert "top-secret-value-1" not in text
         assert "classlink-key-2" not in text
     assert {s.reveal() for s in config.secrets()} == {"top-secret-value-1", "classlink-key-2"}

@@ -27,6 +27,7 @@ SECRET = "s3cr3t-Value/with+chars"
 def output():
     """JSON logging into a buffer, with SECRET registered; undone afterwards."""
     stream = io.StringIO()
+    root_level = logging.getLogger().level
     configure_logging("json", "DEBUG", stream=stream)
     register_secret(SECRET)
     yield stream
@@ -36,6 +37,7 @@ def output():
     for handler in list(root.handlers):
         if getattr(handler, "_oneroster_cdc_handler", False):
             root.removeHandler(handler)
+    root.setLevel(root_level)
     structlog.reset_defaults()
 
 
