@@ -22,7 +22,7 @@ from producer.config import (
     resolve_config_path,
 )
 from producer.errors import ConfigError
-from producer.model import Secret
+from producer.model import ENTITIES, Secret
 from producer.simulator.cli import add_arguments, specs_from_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def test_defaults_and_typed_values(write):
     district = config.district("springfield-usd")
     assert district.base_url == "https://sis.springfield.example"
     assert district.client_secret == Secret("abcd")
-    assert "demographics" not in district.entities
+    assert district.entities == ENTITIES
     assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
 
 
