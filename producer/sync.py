@@ -1,0 +1,478 @@
+"""The sync engine: one pass over a district's entities, from source pages to committed batches.
+
+For each entity, in dependency order (orgs, academicSessions, courses, classes, users,
+enrollments, demographics):
+
+- **Mode.** FULL on first contact (no cursor), when asked (the schedule or an operator), or when
+  the source was found not to honour the delta filter; otherwise DELTA with
+  ``filter=dateLastModified>'<cursor - overlap>'`` and no status filter.
+- **Pages -> batches.** Each record is normalised (a rejection becomes a dead letter) and diffed
+  against the state store; a change becomes an event (DELETED followed by a tombstone) and a
+  state write. Batches of ``batch_size`` records commit in their own transaction.
+- **Cursor.** The highest ``dateLastModified`` seen is written, with the counts, in the
+  checkpoint of the last transaction of the pass, and only when the listing completed: a cursor
+  never runs ahead of committed data, and a failed pass is redone from the committed cursor
+  (the differ makes the re-read idempotent).
+- **Hard deletes.** A FULL pass whose listing completed deletes the keys the store holds but the
+  listing lacked (``absent_from_full_sync``), unless they exceed ``mass_delete_threshold`` of
+  the entity: then nothing is deleted, the count is held in the checkpoint, an alert is logged
+  and counted, until ``confirm-deletes`` runs the pass with the guard lifted.
+- **Filter fallback.** A source that rejects the delta filter (400) is listed in full at once; one
+  that ignores it (returns records older than the filter) is marked ``delta_supported = False``
+  and gets full listings from then on. Both are logged as warnings.
+- **Demographics** answered with 403 (scope not granted) are skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import orjson
+import structlog
+
+from producer import diff as differ
+from producer.avro import DEAD_LETTER, Schemas, body_of, headers
+from producer.checkpoints import Checkpoint, encode_checkpoint, format_cursor, fresh
+from producer.errors import EncodingError, FilterUnsupported, Forbidden, ListingIncomplete
+from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, Version
+from producer.normalise import normalise
+from producer.state import StateStore, StateWrite
+from producer.topics import TopicNames
+from producer.writer import Batch, OutRecord
+
+log = structlog.get_logger(__name__)
+
+Mode = Literal["DELTA", "FULL"]
+
+#: A record older than the delta filter by more than this means the filter was ignored.
+_FILTER_TOLERANCE = timedelta(seconds=1)
+
+
+class Listing(Protocol):
+    """What the engine needs of a source listing (``producer.client.Listing``)."""
+
+    complete: bool
+    incomplete_reason: str | None
+
+    def __aiter__(self) -> AsyncIterator[RawPage]: ...
+
+
+class Source(Protocol):
+    """What the engine needs of a source (``producer.client.OneRosterClient``)."""
+
+    @property
+    def version(self) -> Version | None: ...
+
+    async def resolve_version(self) -> Version: ...
+
+    def listing(self, entity: Entity, *, since: datetime | None = None) -> Listing: ...
+
+
+class Sink(Protocol):
+    """Where batches go (``producer.writer.TransactionalWriter``)."""
+
+    async def commit(self, batch: Batch) -> None: ...
+
+
+class Observer(Protocol):
+    """Counts what a pass did (``producer.metrics.Metrics`` adapts to it)."""
+
+    def pass_done(self, result: EntityResult) -> None: ...
+
+    def mass_delete_held(self, district_id: str, entity: str, count: int) -> None: ...
+
+
+class _NoObserver:
+    def pass_done(self, result: EntityResult) -> None:
+        pass
+
+    def mass_delete_held(self, district_id: str, entity: str, count: int) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """The ``[sync]`` knobs the engine uses."""
+
+    overlap: float = 300.0
+    mass_delete_threshold: float = 0.10
+    batch_size: int = 1000
+
+
+@dataclass(slots=True)
+class EntityResult:
+    """What one entity pass did."""
+
+    district_id: str
+    entity: Entity
+    mode: Mode
+    sync_id: str
+    fetched: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    rejected: int = 0
+    held_deletes: int = 0
+    skipped: str | None = None
+    seconds: float = 0.0
+    cursor: str | None = None
+
+
+@dataclass(slots=True)
+class _Pass:
+    """Mutable state of one entity pass."""
+
+    result: EntityResult
+    since: datetime | None
+    cursor: datetime | None
+    batch: Batch = field(default_factory=Batch)
+    pending: int = 0
+    #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
+    seen: dict[str, bytes] = field(default_factory=dict)
+    filter_ignored: bool = False
+
+
+class CheckpointBook:
+    """The committed checkpoints, by (district, entity); updated after each commit."""
+
+    def __init__(self, initial: Mapping[tuple[str, str], Checkpoint] | None = None) -> None:
+        self._items: dict[tuple[str, str], Checkpoint] = dict(initial or {})
+
+    def get(self, district_id: str, entity: Entity) -> Checkpoint:
+        return self._items.get((district_id, entity)) or fresh(district_id, entity)
+
+    def put(self, cp: Checkpoint) -> None:
+        self._items[(cp.district_id, cp.entity)] = cp
+
+    def all(self) -> list[Checkpoint]:
+        return sorted(self._items.values(), key=lambda c: (c.district_id, c.entity))
+
+
+class DistrictSync:
+    """Runs sync passes for one district: source -> normaliser -> differ -> sink."""
+
+    def __init__(
+        self,
+        *,
+        district_id: str,
+        source: Source,
+        server: str | None,
+        store: StateStore,
+        sink: Sink,
+        schemas: Schemas,
+        topics: TopicNames,
+        checkpoints: CheckpointBook,
+        settings: SyncSettings,
+        entities: Sequence[Entity] = ENTITIES,
+        observer: Observer | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.district_id = district_id
+        self._source = source
+        self._server = server
+        self._store = store
+        self._sink = sink
+        self._schemas = schemas
+        self._topics = topics
+        self._book = checkpoints
+        self._settings = settings
+        self._entities = [e for e in ENTITIES if e in entities]
+        self._observer: Observer = observer or _NoObserver()
+        self._clock = clock
+
+    async def sync(
+        self,
+        *,
+        full: bool = False,
+        entities: Sequence[Entity] | None = None,
+        confirm_deletes: bool = False,
+    ) -> list[EntityResult]:
+        """One pass over the chosen entities, in dependency order. Raises on the first entity
+        that fails (its cursor stays where it was); earlier entities stay committed."""
+        sync_id = uuid.uuid4().hex
+        chosen = [e for e in self._entities if entities is None or e in entities]
+        results = []
+        with structlog.contextvars.bound_contextvars(district=self.district_id, sync_id=sync_id):
+            for entity in chosen:
+                with structlog.contextvars.bound_contextvars(entity=entity):
+                    results.append(
+                        await self.sync_entity(
+                            entity, full=full, sync_id=sync_id, confirm_deletes=confirm_deletes
+                        )
+                    )
+        return results
+
+    async def sync_entity(
+        self, entity: Entity, *, full: bool, sync_id: str, confirm_deletes: bool = False
+    ) -> EntityResult:
+        """One pass over one entity (see the module docstring)."""
+        started = time.monotonic()
+        cp = self._book.get(self.district_id, entity)
+        mode: Mode = "FULL" if full or confirm_deletes or not cp.delta_supported else "DELTA"
+        if cp.cursor is None:
+            mode = "FULL"
+        try:
+            result = await self._run(entity, cp, mode, sync_id, confirm_deletes)
+        except FilterUnsupported as exc:
+            log.warning("sync.delta_filter_rejected", reason=str(exc), fallback="FULL")
+            cp = cp.replace(delta_supported=False)
+            result = await self._run(entity, cp, "FULL", sync_id, confirm_deletes)
+        except Forbidden as exc:
+            if entity != "demographics":
+                raise
+            log.warning("sync.demographics_forbidden", reason=str(exc))
+            result = EntityResult(self.district_id, entity, mode, sync_id, skipped=str(exc))
+        result.seconds = time.monotonic() - started
+        self._observer.pass_done(result)
+        log.info(
+            "sync.entity_done",
+            mode=result.mode,
+            fetched=result.fetched,
+            created=result.created,
+            updated=result.updated,
+            deleted=result.deleted,
+            rejected=result.rejected,
+            held_deletes=result.held_deletes,
+            seconds=round(result.seconds, 3),
+        )
+        return result
+
+    async def _run(
+        self, entity: Entity, cp: Checkpoint, mode: Mode, sync_id: str, confirm_deletes: bool
+    ) -> EntityResult:
+        await self._source.resolve_version()
+        cursor = cp.cursor_time()
+        since = None
+        if mode == "DELTA" and cursor is not None:
+            since = cursor - timedelta(seconds=self._settings.overlap)
+        state = _Pass(EntityResult(self.district_id, entity, mode, sync_id), since, cursor)
+        listing = self._source.listing(entity, since=since)
+        async for page in listing:
+            await self._page(entity, page, state, mode)
+        if not listing.complete:
+            raise ListingIncomplete(
+                f"{entity} listing of district {self.district_id!r} is incomplete: "
+                f"{listing.incomplete_reason}; its cursor stays at {cp.cursor}"
+            )
+        if mode == "FULL":
+            await self._absent(entity, state, cp, confirm_deletes)
+        if state.filter_ignored:
+            log.warning("sync.delta_filter_ignored", since=str(since), fallback="FULL from now on")
+            cp = cp.replace(delta_supported=False)
+        await self._finish(entity, state, cp, mode)
+        return state.result
+
+    async def _page(self, entity: Entity, page: RawPage, state: _Pass, mode: Mode) -> None:
+        result = state.result
+        result.fetched += len(page.records)
+        received: list[CanonicalRecord] = []
+        for raw in page.records:
+            outcome = normalise(entity, self.district_id, raw)
+            if isinstance(outcome, Rejection):
+                self._dead_letter(state, outcome)
+            else:
+                received.append(outcome)
+        priors = self._store.get_many(entity, self.district_id, [r.sourced_id for r in received])
+        for record in received:
+            self._record(record, priors, state, mode)
+            if state.pending >= self._settings.batch_size:
+                await self._flush(state)
+
+    def _record(
+        self,
+        record: CanonicalRecord,
+        priors: Mapping[str, Any],
+        state: _Pass,
+        mode: Mode,
+    ) -> None:
+        new_digest = differ.digest(record.data)
+        sid = record.sourced_id
+        seen = state.seen.get(sid)
+        if seen is not None:
+            if seen != new_digest:
+                self._dead_letter(
+                    state,
+                    Rejection(
+                        record.entity,
+                        self.district_id,
+                        f"{record.entity}[sourcedId]: {sid!r} appears twice in one listing "
+                        "with different content; the first was kept",
+                        orjson.dumps(record.data),
+                        sid,
+                    ),
+                )
+            return
+        state.seen[sid] = new_digest
+        dlm = record.date_last_modified
+        if state.cursor is None or dlm > state.cursor:
+            state.cursor = dlm
+        if mode == "DELTA" and state.since is not None and dlm < state.since - _FILTER_TOLERANCE:
+            state.filter_ignored = True
+        stored = priors.get(sid)
+        if stored is not None and stored.digest == new_digest:
+            return  # unchanged (at most touched): nothing to write
+        prior: differ.Prior | None = None
+        before_body = None
+        if stored is not None:
+            prior = (stored.digest, self._schemas.decode(stored.value).value)
+            before_body = body_of(stored.value)
+        change = differ.diff(record, prior, new_digest=new_digest)
+        if change is None:
+            return
+        self._emit(state, change, mode, before_body)
+
+    def _emit(
+        self, state: _Pass, change: differ.Change, mode: Mode, before_body: bytes | None
+    ) -> None:
+        source = differ.SourceInfo(
+            version=self._source.version or "",
+            server=self._server,
+            sync_mode=mode,
+            sync_id=state.result.sync_id,
+            emitted_at=self._clock(),
+        )
+        try:
+            encoded = differ.encode(self._schemas, change, source, before_body=before_body)
+        except EncodingError as exc:
+            self._dead_letter(
+                state,
+                Rejection(
+                    change.entity,
+                    self.district_id,
+                    f"{change.entity}: does not fit its Avro schema: {exc}",
+                    orjson.dumps(change.after or change.before),
+                    change.sourced_id,
+                ),
+            )
+            return
+        topic = self._topics.events(change.entity)
+        key = change.key.encode()
+        batch = state.batch
+        batch.events.append(OutRecord(topic, key, encoded.event, encoded.event_headers))
+        if change.op == "DELETED":
+            batch.events.append(OutRecord(topic, key, None, [("op", b"TOMBSTONE")]))
+            batch.state.append(
+                StateWrite(change.entity, self.district_id, change.sourced_id, None, None)
+            )
+            state.result.deleted += 1
+        else:
+            batch.state.append(
+                StateWrite(
+                    change.entity,
+                    self.district_id,
+                    change.sourced_id,
+                    change.digest,
+                    encoded.state,
+                )
+            )
+            if change.op == "CREATED":
+                state.result.created += 1
+            else:
+                state.result.updated += 1
+        state.pending += 1
+
+    def _dead_letter(self, state: _Pass, rejection: Rejection) -> None:
+        value = self._schemas.encode(
+            DEAD_LETTER,
+            {
+                "district_id": rejection.district_id,
+                "entity": rejection.entity,
+                "sourced_id": rejection.sourced_id,
+                "reason": rejection.reason,
+                "raw": rejection.raw,
+                "received_at": self._clock(),
+                "sync_id": state.result.sync_id,
+            },
+        )
+        key = f"{rejection.district_id}/{rejection.sourced_id or ''}".encode()
+        state.batch.deadletters.append(
+            OutRecord(self._topics.deadletter, key, value, headers(DEAD_LETTER))
+        )
+        state.result.rejected += 1
+        state.pending += 1
+        log.warning(
+            "sync.record_rejected", sourced_id=rejection.sourced_id, reason=rejection.reason
+        )
+
+    async def _flush(self, state: _Pass) -> None:
+        batch, state.batch, state.pending = state.batch, Batch(), 0
+        await self._sink.commit(batch)
+
+    async def _absent(
+        self, entity: Entity, state: _Pass, cp: Checkpoint, confirm_deletes: bool
+    ) -> None:
+        # Commit what the listing brought first, so the store reflects it.
+        await self._flush(state)
+        total = self._store.count(entity, self.district_id)
+        missing = [
+            s for s in self._store.sourced_ids(entity, self.district_id) if s not in state.seen
+        ]
+        if not missing:
+            return
+        if not confirm_deletes and len(missing) > self._settings.mass_delete_threshold * total:
+            state.result.held_deletes = len(missing)
+            self._observer.mass_delete_held(self.district_id, entity, len(missing))
+            log.error(
+                "sync.mass_delete_held",
+                missing=len(missing),
+                total=total,
+                threshold=self._settings.mass_delete_threshold,
+                action=f"oneroster-cdc confirm-deletes --district {self.district_id} "
+                f"--entity {entity}",
+            )
+            return
+        for start in range(0, len(missing), self._settings.batch_size):
+            chunk = missing[start : start + self._settings.batch_size]
+            stored = self._store.get_many(entity, self.district_id, chunk)
+            for sid in chunk:
+                prior = stored.get(sid)
+                if prior is None:
+                    continue
+                data = self._schemas.decode(prior.value).value
+                change = differ.absent(entity, self.district_id, sid, (prior.digest, data))
+                self._emit(state, change, "FULL", body_of(prior.value))
+            await self._flush(state)
+
+    async def _finish(self, entity: Entity, state: _Pass, cp: Checkpoint, mode: Mode) -> None:
+        """The pass's last transaction: whatever is pending, plus the checkpoint."""
+        result = state.result
+        now = self._clock()
+        cursor = format_cursor(state.cursor) if state.cursor is not None else cp.cursor
+        result.cursor = cursor
+        batch = state.batch
+        count = self._store.count(entity, self.district_id)
+        updated = cp.replace(
+            cursor=cursor,
+            last_sync_id=result.sync_id,
+            record_count=count + _net_new(self._store, entity, self.district_id, batch.state),
+            created_count=cp.created_count + result.created,
+            updated_count=cp.updated_count + result.updated,
+            deleted_count=cp.deleted_count + result.deleted,
+            rejected_count=cp.rejected_count + result.rejected,
+            held_deletes=result.held_deletes if mode == "FULL" else cp.held_deletes,
+            **({"last_full_sync_at": now} if mode == "FULL" else {"last_delta_sync_at": now}),
+        )
+        batch.checkpoint = encode_checkpoint(self._schemas, self._topics.checkpoints, updated)
+        state.batch, state.pending = Batch(), 0
+        await self._sink.commit(batch)
+        self._book.put(updated)
+
+
+def _net_new(store: StateStore, entity: str, district_id: str, writes: Sequence[StateWrite]) -> int:
+    """How the key count changes when ``writes`` are applied: upserts of unknown keys add one,
+    deletes of known keys remove one."""
+    if not writes:
+        return 0
+    known = store.get_many(entity, district_id, [w.sourced_id for w in writes])
+    change = 0
+    for w in writes:
+        if w.value is None and w.sourced_id in known:
+            change -= 1
+        elif w.value is not None and w.sourced_id not in known:
+            change += 1
+    return change
