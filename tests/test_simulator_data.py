@@ -219,3 +219,43 @@ def test_sorted_scan_orders_by_the_field_and_is_cached_per_revision():
     store.update("users", "usr-000000000", {"familyName": "Aaaa"})
     first = store.select(view, None, "familyName", False).page(0, 1)[0]
     assert first["sourcedId"] == "usr-000000000"
+
+
+def test_recent_base_records_are_found_without_a_scan():
+    """``Dataset.recent`` returns every base record newer than a threshold (no false misses)."""
+    data = make_store("small").data
+    stamps = {
+        i: parse_timestamp(data.record("users", i)["dateLastModified"])
+        for i in range(data.count("users"))
+    }
+    newest = max(stamps.values())
+    for back in (0, 1, 3600, 86_400 * 3):
+        after = newest - timedelta(seconds=back)
+        truth = sorted(i for i, t in stamps.items() if t > after)
+        found = data.recent("users", after)
+        assert found is not None
+        assert set(truth) <= set(found)
+        assert len(found) <= len(truth) + 2
+    large = make_store("large").data
+    assert large.recent("users", START - timedelta(days=300)) is None  # most of it: scan
+    assert data.recent("users", START) == []
+
+
+def test_delta_filter_inside_the_base_range_matches_brute_force():
+    """A delta threshold among base dates lists exactly the base and mutated records after it."""
+    store = make_store("small")
+    store.clock.advance(1)
+    store.update("users", "usr-000000010", {"familyName": "Moved"})
+    store.hard_delete("users", "usr-000000011")
+    records = list(store.iter_entity("users"))
+    newest_base = max(
+        parse_timestamp(r["dateLastModified"]) for r in records if r["familyName"] != "Moved"
+    )
+    after = newest_base - timedelta(hours=12)
+    stamp = after.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    want = [r["sourcedId"] for r in records if parse_timestamp(r["dateLastModified"]) > after]
+    flt = parse_filter(f"dateLastModified>'{stamp}'", entity_fields("users", "1.2"))
+    got = [r["sourcedId"] for r in store.select(VIEWS["users"], flt, None, False).page(0, 10_000)]
+    assert got == want
+    assert "usr-000000010" in got
+    assert len(got) > 1

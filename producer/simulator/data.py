@@ -146,6 +146,9 @@ _SCHOOL_KINDS: Final = (
     ("Middle", ("06", "07", "08")),
     ("High", ("09", "10", "11", "12")),
 )
+_AGE_SPAN_MS: Final = 400 * 86_400_000
+_MIN_AGE_MS: Final = 1000
+_AGE_PRIMES: Final = (2_654_435_761, 2_246_822_519, 3_266_489_917, 668_265_263, 374_761_393)
 _MULTIPLIERS: Final = (7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67)
 
 
@@ -251,6 +254,7 @@ class Dataset:
         self.base_upper = start
         self._start_ms = int(start.timestamp() * 1000)
         self._salt = mix(seed) ^ mix(zlib.crc32(district_id.encode()))
+        self._ages: dict[str, tuple[int, int, int, int]] = {}
         #: Prefix of every GUIDRef ``href``; the server sets it once it knows its address.
         self.href_root = f"https://{district_id}.sim.invalid"
         n = students_for(size)
@@ -314,10 +318,38 @@ class Dataset:
     def _draw(self, entity: str, index: int) -> _Draw:
         return _Draw(self._salt ^ (_ENTITY_CODE[entity] << 48) ^ index)
 
-    def _modified(self, draw: _Draw) -> str:
-        # Spread over the 400 days before start, never at or after it.
-        back = 1000 + draw.next(400 * 86_400_000)
+    def _age_plan(self, entity: str) -> tuple[int, int, int, int]:
+        """(multiplier, shift, inverse multiplier, step in ms) of the entity's age permutation."""
+        plan = self._ages.get(entity)
+        if plan is None:
+            n = self._counts[entity]
+            mult = next(p for p in _AGE_PRIMES if math.gcd(p, n) == 1)
+            shift = self._salt % n
+            plan = (mult, shift, pow(mult, -1, n) if n > 1 else 0, max(1, _AGE_SPAN_MS // n))
+            self._ages[entity] = plan
+        return plan
+
+    def _modified(self, entity: str, index: int, draw: _Draw) -> str:
+        # Ages are an invertible permutation of the indices (rank k is k steps old, plus jitter
+        # inside the step), spread over the 400 days before start and never at or after it.
+        # ``recent`` inverts it, so delta listings need not scan the whole entity.
+        mult, shift, _, step = self._age_plan(entity)
+        rank = (index * mult + shift) % self._counts[entity]
+        back = _MIN_AGE_MS + rank * step + draw.next(step)
         return format_ts(datetime.fromtimestamp((self._start_ms - back) / 1000, tz=UTC))
+
+    def recent(self, entity: Entity, after: datetime) -> list[int] | None:
+        """Sorted indices of base records that may be modified after ``after`` (a superset),
+        or None when that is a large share of the entity (scan instead)."""
+        n = self._counts[entity]
+        _, shift, inverse, step = self._age_plan(entity)
+        window = self._start_ms - _MIN_AGE_MS - int(after.timestamp() * 1000)
+        if window <= 0:
+            return []
+        ranks = window // step + 1
+        if ranks > max(1000, n // 8):
+            return None
+        return sorted(((k - shift) * inverse) % n for k in range(min(ranks, n)))
 
     @property
     def base_path(self) -> str:
@@ -352,7 +384,7 @@ class Dataset:
         rec: dict[str, Any] = {
             "sourcedId": self.sourced_id(entity, index),
             "status": "active",
-            "dateLastModified": self._modified(draw),
+            "dateLastModified": self._modified(entity, index, draw),
         }
         build = getattr(self, f"_build_{entity}")
         build(rec, index, draw)

@@ -272,13 +272,16 @@ class DistrictStore:
         entity = view.entity
         after = flt.modified_after() if flt is not None else None
         candidates: Iterator[int] | list[int]
-        if after is not None and after >= self.data.base_upper:
-            # Every base record predates the start: only mutated records can match.
+        recent = None if after is None else self.data.recent(entity, after)
+        if recent is not None:
+            # Only base records the age permutation places after the threshold, and mutated
+            # or created records, can match: no scan of the whole entity.
             lo, hi = self.base_range(view)
-            changed = [i for i in self._overlay[entity] if lo <= i < hi]
-            candidates = sorted(changed) + [
-                i for i in self._created[entity] if i not in set(changed)
-            ]
+            deleted = set(self._deleted[entity])
+            overlay = self._overlay[entity]
+            base = {i for i in recent if lo <= i < hi and i not in deleted}
+            base.update(i for i in overlay if lo <= i < hi)
+            candidates = sorted(base) + [i for i in self._created[entity] if i not in base]
         else:
             candidates = self._live_indices(view)
         hits: list[tuple[tuple[int, str], int]] = []
