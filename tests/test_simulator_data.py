@@ -259,3 +259,17 @@ def test_delta_filter_inside_the_base_range_matches_brute_force():
     assert got == want
     assert "usr-000000010" in got
     assert len(got) > 1
+
+
+def test_create_may_reuse_a_created_users_id_for_its_demographics():
+    """Demographics can be created under a created user's sourcedId; other ids are refused."""
+    store = make_store("tiny")
+    user = store.create("users")
+    demo = store.create("demographics", {"sourcedId": user["sourcedId"], "sex": "other"})
+    assert demo["sourcedId"] == user["sourcedId"]
+    assert store.get("demographics", user["sourcedId"]) == demo
+    for bad in ("usr-000000001", "custom-id", user["sourcedId"]):
+        with pytest.raises(ValueError, match="cannot create"):
+            store.create("demographics", {"sourcedId": bad})
+    listed = store.select(VIEWS["demographics"], None, None, False).page(0, 1000)
+    assert listed[-1]["sourcedId"] == user["sourcedId"]

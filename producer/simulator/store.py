@@ -326,17 +326,30 @@ class DistrictStore:
         )
 
     def create(self, entity: Entity, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Create a record modelled on a base record; ``fields`` override its values."""
+        """Create a record modelled on a base record; ``fields`` override its values.
+
+        The sourcedId is the next free one unless ``fields`` names an unused generated-format
+        id past the base records (e.g. demographics sharing a created user's sourcedId).
+        ValueError for any other sourcedId.
+        """
         base_count = self.data.count(entity)
-        index = self._next[entity]
-        self._next[entity] = index + 1
+        fields = dict(fields or {})
+        wanted = fields.pop("sourcedId", None)
+        if wanted is None:
+            index = self._next[entity]
+        else:
+            found = self.data.index_of(entity, str(wanted))
+            if found is None or found < base_count or found in self._overlay[entity]:
+                raise ValueError(f"{entity}: cannot create sourcedId {wanted!r} (taken or foreign)")
+            index = found
+        self._next[entity] = max(self._next[entity], index + 1)
         template = self.data.record(entity, index % base_count)
         now, stamp = self._stamp()
-        record = {**template, **dict(fields or {})}
+        record = {**template, **fields}
         record.update(
             sourcedId=self.data.sourced_id(entity, index), status="active", dateLastModified=stamp
         )
-        self._created[entity].append(index)
+        insort(self._created[entity], index)
         self._put(entity, index, record)
         self._log(entity, record["sourcedId"], "created", record, now)
         return record
