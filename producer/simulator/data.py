@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 
 from producer.model import Entity, Version
+from producer.simulator.vocab import FAMILY, GIVEN, SCHOOL_KINDS, SUBJECTS
 
 Size = Literal["tiny", "small", "medium", "large"]
 
@@ -56,96 +57,6 @@ PREFIX: Final[dict[str, str]] = {
 _ENTITY_CODE: Final[dict[str, int]] = {name: i + 1 for i, name in enumerate(PREFIX)}
 _MASK: Final = (1 << 64) - 1
 
-GIVEN: Final = [
-    "Ada",
-    "Ben",
-    "Cleo",
-    "Dev",
-    "Eli",
-    "Fay",
-    "Gus",
-    "Hana",
-    "Ivo",
-    "Jun",
-    "Kai",
-    "Lena",
-    "Milo",
-    "Nia",
-    "Omar",
-    "Pia",
-    "Quinn",
-    "Rosa",
-    "Sam",
-    "Tara",
-    "Uma",
-    "Vic",
-    "Wren",
-    "Xavi",
-    "Yara",
-    "Zed",
-    "Aria",
-    "Bo",
-    "Cy",
-    "Dina",
-    "Emil",
-    "Fern",
-    "Gio",
-    "Hugo",
-    "Iris",
-    "Jade",
-    "Kofi",
-    "Lux",
-    "Mae",
-    "Noor",
-]
-FAMILY: Final = [
-    "Abara",
-    "Brook",
-    "Castillo",
-    "Dune",
-    "Eklund",
-    "Farrow",
-    "Gale",
-    "Holm",
-    "Ivers",
-    "Jaspers",
-    "Kova",
-    "Lindqvist",
-    "Mbeki",
-    "Nakamura",
-    "Okafor",
-    "Pryce",
-    "Quist",
-    "Rahman",
-    "Sato",
-    "Thorne",
-    "Ueda",
-    "Varga",
-    "Whitlow",
-    "Xu",
-    "Yilmaz",
-    "Zorn",
-    "Achebe",
-    "Bellamy",
-    "Crane",
-    "Duarte",
-    "Engel",
-    "Fonseca",
-]
-SUBJECTS: Final = (
-    "Mathematics",
-    "English",
-    "Science",
-    "History",
-    "Art",
-    "Music",
-    "Physical Education",
-)
-_SCHOOL_KINDS: Final = (
-    ("Elementary", ("KG", "01", "02", "03", "04", "05")),
-    ("Middle", ("06", "07", "08")),
-    ("High", ("09", "10", "11", "12")),
-)
 _AGE_SPAN_MS: Final = 400 * 86_400_000
 _MIN_AGE_MS: Final = 1000
 _AGE_PRIMES: Final = (2_654_435_761, 2_246_822_519, 3_266_489_917, 668_265_263, 374_761_393)
@@ -373,7 +284,7 @@ class Dataset:
         return self.ref("orgs", self.sourced_id("orgs", school + 1), "org")
 
     def _grades(self, school: int) -> tuple[str, ...]:
-        return _SCHOOL_KINDS[school % 3][1]
+        return SCHOOL_KINDS[school % 3][1]
 
     # -- records ------------------------------------------------------------------------------
     def record(self, entity: Entity, index: int) -> dict[str, Any]:
@@ -401,7 +312,7 @@ class Dataset:
             )
             return
         school = index - 1
-        kind = _SCHOOL_KINDS[school % 3][0]
+        kind = SCHOOL_KINDS[school % 3][0]
         rec.update(
             name=f"{FAMILY[(school + draw.next(7)) % len(FAMILY)]} {kind} School {school + 1}",
             type="school",
@@ -609,8 +520,9 @@ class Dataset:
         )
         rec.update(
             birthDate=born.isoformat(),
+            # Mostly male/female; one in ten unspecified or other.
             sex=("male", "female", "unspecified", "other")[
-                draw.next(20) % 4 if draw.next(10) == 0 else draw.next(2)
+                2 + draw.next(2) if draw.next(10) == 0 else draw.next(2)
             ],
             **{flag: "true" if i == race else "false" for i, flag in enumerate(flags)},
             hispanicOrLatinoEthnicity="true" if draw.next(4) == 0 else "false",
