@@ -34,8 +34,26 @@ URL layout (``root`` = the server):
   authorised by the tenant's ``bearer``.
 * ``/_admin/...``: see :mod:`producer.simulator.admin`.
 
+Sizes (students; users ~2x students plus staff, enrollments ~6.8x): ``tiny`` 12, ``small`` 500,
+``medium`` 25 000 (~250k records), ``large`` 310 000 (634k users, 2.1M enrollments), or an int.
+Records are generated lazily from ``(seed, district, entity, index)``; a large district starts in
+milliseconds. Base ``dateLastModified`` values lie before the simulator's start; mutations are
+stamped with the simulated clock (wall time + ``advance_clock`` offsets, or frozen at ``start``
+with ``frozen_clock=True``). ``base_url`` and friends are valid once ``serve`` has bound.
+
+Truth: ``District.truth_log()`` lists :class:`TruthChange` entries (seq, district, entity,
+sourced_id, op created|updated|deleted, record after or None, at, reason); a ``tobedeleted``
+update and a hard delete are both ``deleted``. ``District.truth_state(entity)`` is the set of
+active records as served (quirks aside).
+
+Limits: listings without a filter (or with a ``dateLastModified>`` delta filter) and sorted by
+sourcedId are index arithmetic; any other filter or sort scans the entity once per dataset
+revision (cached), which takes seconds on a large district. An update that changes a user's role
+or an org's type does not move it between /students, /teachers, /schools, etc.
+
 Faults: :mod:`producer.simulator.faults`; quirks: :mod:`producer.simulator.quirks`; data
-layout and sizes: :mod:`producer.simulator.data`; CLI: ``python -m producer.simulator``.
+layout: :mod:`producer.simulator.data`; CLI: ``python -m producer.simulator --help``;
+measurement: ``python -m producer.simulator.measure --size large``.
 """
 
 from producer.simulator.data import SIZE_STUDENTS, Dataset

@@ -93,17 +93,18 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
 
 
 def _link_header(request: web.Request, offset: int, limit: int, total: int) -> str:
-    def at(new_offset: int) -> str:
-        url = request.url.update_query({"offset": str(new_offset), "limit": str(limit)})
-        return f'<{url}>; rel="{{}}"'
+    """RFC 8288 ``Link`` relations first/next/prev/last (with the clamped ``limit``)."""
 
-    links = [at(0).format("first")]
+    def link(new_offset: int, rel: str) -> str:
+        url = request.url.update_query({"offset": str(new_offset), "limit": str(limit)})
+        return f'<{url}>; rel="{rel}"'
+
+    links = [link(0, "first")]
     if offset + limit < total:
-        links.append(at(offset + limit).format("next"))
+        links.append(link(offset + limit, "next"))
     if offset > 0:
-        links.append(at(max(0, offset - limit)).format("prev"))
-    last = max(0, (total - 1) // limit * limit) if limit else 0
-    links.append(at(last).format("last"))
+        links.append(link(max(0, offset - limit), "prev"))
+    links.append(link(max(0, (total - 1) // limit * limit), "last"))
     return ", ".join(links)
 
 
