@@ -212,6 +212,7 @@ async def test_oauth2_credentials_by_basic_or_form_and_token_failures(sim, http)
     assert issued["expires_in"] == 3600
     async with http.post(d.token_url, data={**form, "client_secret": "nope"}) as resp:
         assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"].startswith("Basic")
     async with http.post(d.token_url, data={**form, "grant_type": "password"}) as resp:
         assert resp.status == 400
     async with http.post(d.token_url, data={**form, "scope": "https://example.com/other"}) as resp:
@@ -301,3 +302,25 @@ async def test_wrong_version_path_is_404(sim, http):
     tok = await token(http, sim)
     status, _, _ = await get(http, sim.district("d12").base_url + "/ims/oneroster/v1p1/users", tok)
     assert status == 404
+
+
+async def test_mutated_records_still_validate(sim, http):
+    """Created, updated and tobedeleted 1.2 records keep to the official schemas."""
+    d = sim.district("d12")
+    made = d.create("users", {"givenName": "New"})
+    d.update("classes", "cls-000000001", title="Renamed")
+    d.mark_tobedeleted("enrollments", "enr-000000002")
+    tok = await token(http, sim)
+    for path, sid in (
+        ("users", made["sourcedId"]),
+        ("classes", "cls-000000001"),
+        ("enrollments", "enr-000000002"),
+    ):
+        status, body, _ = await get(http, f"{d.oneroster_url}/{path}/{sid}", tok)
+        assert status == 200
+        validate(body, f"/{path}/{{sourcedId}}")
+    _, body, _ = await get(
+        http, f"{d.oneroster_url}/enrollments?filter=status%3D%27tobedeleted%27", tok
+    )
+    validate(body, "/enrollments")
+    assert [r["sourcedId"] for r in body["enrollments"]] == ["enr-000000002"]

@@ -183,3 +183,22 @@ async def test_written_config_points_the_producer_at_each_district():
     assert second["version"] == "1.1"
     assert second["auth"] == "oauth1"
     assert second["client_secret"] == sim.district("shelbyville").spec.client_secret
+
+
+async def test_proxy_paging_visits_every_11_record_once(sim, http):
+    """Paging a 1.1 collection through the proxy by offset returns each record exactly once."""
+    east = sim.district("east")
+    headers = {"Authorization": f"Bearer {east.bearer}"}
+    seen: list[str] = []
+    offset = 0
+    while True:
+        url = f"{east.proxy_url}/enrollments?limit=7&offset={offset}"
+        async with http.get(url, headers=headers) as resp:
+            assert resp.status == 200
+            total = int(resp.headers["X-Total-Count"])
+            page = (await resp.json())["enrollments"]
+        if not page:
+            break
+        seen += [r["sourcedId"] for r in page]
+        offset += len(page)
+    assert len(seen) == len(set(seen)) == total == east.counts()["enrollments"]

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from producer.simulator.admin import add_admin_routes
 from producer.simulator.auth import (
@@ -118,7 +119,8 @@ class Simulator:
             secrets.compare_digest(creds[0], spec.client_id)
             and secrets.compare_digest(creds[1], spec.client_secret)
         ):
-            return json_response({"error": "invalid_client"}, 401, None)
+            challenge = CIMultiDict({"WWW-Authenticate": 'Basic realm="oneroster-token"'})
+            return json_response({"error": "invalid_client"}, 401, challenge)
         if form.get("grant_type") != "client_credentials":
             return json_response({"error": "unsupported_grant_type"}, 400)
         requested = str(form.get("scope", "")).split()
