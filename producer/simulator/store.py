@@ -225,7 +225,7 @@ class DistrictStore:
         indices = self._cache.get(key)
         if indices is None:
             indices = self._scan(view, flt, sort, descending)
-            if len(self._cache) > 32:
+            if len(self._cache) >= 8:  # each entry may hold a large district's index list
                 self._cache.clear()
             self._cache[key] = indices
         found = indices
