@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
 from producer.errors import BrokerUnavailable, ClientClosed, Fenced
 from producer.state import StateStore, StateWrite, state_key
@@ -151,14 +151,14 @@ class TransactionalWriter:
             try:
                 async with asyncio.timeout(self._timeout):
                     offsets = await self._transaction(producer, batch)
-            except ProducerFenced as exc:
+            except (KafkaError, IllegalOperation, OSError, TimeoutError) as exc:
+                fenced = isinstance(exc, ProducerFenced) or _fatal(producer)
                 await self._reset()
-                raise Fenced(
-                    f"transactional_id {self.transactional_id!r} was taken over by another "
-                    "instance; this one stops writing"
-                ) from exc
-            except (KafkaError, OSError, TimeoutError) as exc:
-                await self._reset()
+                if fenced:
+                    raise Fenced(
+                        f"transactional_id {self.transactional_id!r} was taken over by another "
+                        "instance; this one stops writing"
+                    ) from exc
                 raise BrokerUnavailable(f"transaction aborted: {exc!r}") from exc
             # 7.
             self._store.apply(batch.state, topic=self._state_topic, offsets=offsets)
@@ -210,6 +210,13 @@ async def _send(producer: AIOKafkaProducer, record: OutRecord) -> asyncio.Future
         record.topic, record.value, key=record.key, headers=record.headers or None
     )
     return fut
+
+
+def _fatal(producer: AIOKafkaProducer) -> bool:
+    """True when the producer's transaction state is fatal: the broker fenced it (the fence can
+    surface in the background sender, so a later call fails with another error)."""
+    manager = getattr(producer, "_txn_manager", None)
+    return bool(manager is not None and manager.is_fatal_error())
 
 
 async def _quiet_stop(producer: AIOKafkaProducer) -> None:
