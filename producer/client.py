@@ -505,7 +505,7 @@ class Listing:
                 raise errors.BadResponse(
                     f"the server returned the same page for offset {offset}: it ignores "
                     "`offset`, so the collection cannot be listed completely",
-                    url=loggable_url(self._client.url(self.entity, [], "1.1")),
+                    status=200,
                 )
             yield self._page(offset, records)
             offset += len(records)
