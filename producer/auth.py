@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal, Protocol, runtime_checkable
 from urllib.parse import quote
 
@@ -40,8 +40,13 @@ class Authenticator(Protocol):
         """Headers for ``method url``; ``url`` carries the exact query string that is sent."""
         ...
 
-    async def invalidate(self) -> None:
-        """The server answered 401: the next ``headers()`` must re-authenticate."""
+    async def invalidate(self, rejected: Mapping[str, str] | None = None) -> None:
+        """The server answered 401: the next ``headers()`` must re-authenticate.
+
+        ``rejected`` are the headers the refused request carried; when the credentials in them
+        were already replaced (another request re-authenticated first), nothing is done, so
+        concurrent 401s cause one re-authentication, not one each.
+        """
         ...
 
 
@@ -99,9 +104,11 @@ class OAuth2ClientCredentials:
         assert self._token is not None
         return {"Authorization": f"Bearer {self._token.reveal()}"}
 
-    async def invalidate(self) -> None:
-        """Forget the cached token (the server refused it)."""
+    async def invalidate(self, rejected: Mapping[str, str] | None = None) -> None:
+        """Forget the cached token (the server refused it), unless already replaced."""
         async with self._lock:
+            if _stale(rejected, self._token):
+                return
             self._token = None
 
     async def _fetch(self) -> None:
@@ -223,7 +230,7 @@ class OAuth1Signer:
         """A fresh signature (new nonce and timestamp) for this exact request."""
         return self.sign(method, url)
 
-    async def invalidate(self) -> None:
+    async def invalidate(self, rejected: Mapping[str, str] | None = None) -> None:
         """Nothing is cached: every request is signed afresh."""
 
 
@@ -252,7 +259,14 @@ class BearerToken:
                 token = self._token
         return {"Authorization": f"Bearer {token.reveal()}"}
 
-    async def invalidate(self) -> None:
+    async def invalidate(self, rejected: Mapping[str, str] | None = None) -> None:
         """Re-read the token on next use (static tokens cannot be re-read)."""
-        if not isinstance(self._source, Secret):
+        if not isinstance(self._source, Secret) and not _stale(rejected, self._token):
             self._token = None
+
+
+def _stale(rejected: Mapping[str, str] | None, current: Secret | None) -> bool:
+    """True when ``rejected`` carried a bearer other than ``current`` (already replaced)."""
+    if rejected is None or current is None:
+        return False
+    return rejected.get("Authorization") != f"Bearer {current.reveal()}"

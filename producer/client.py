@@ -62,6 +62,9 @@ def loggable_url(url: yarl.URL) -> str:
 class _Unauthorised(errors.AuthFailed):
     """A 401 from the resource server (re-authenticate once before giving up)."""
 
+    #: The auth headers the refused request carried (never logged; see Authenticator).
+    rejected: Mapping[str, str] | None = None
+
 
 class Requester:
     """GETs JSON pages for one district with auth, timeouts, retries and typed errors."""
@@ -111,13 +114,13 @@ class Requester:
                 records, headers = await self._once(
                     url, key, filter_sent=filter_sent, expect=expect
                 )
-            except _Unauthorised:
+            except _Unauthorised as exc:
                 if reauthenticated:
                     raise
                 reauthenticated = True
                 self.observer("request.reauth", {"district_id": self.district_id, "entity": entity})
                 log.info("source.reauthenticate", district_id=self.district_id, entity=entity)
-                await self.auth.invalidate()
+                await self.auth.invalidate(exc.rejected)
                 continue
             except errors.SourceError as exc:
                 attempt += 1
@@ -167,8 +170,8 @@ class Requester:
         self, url: yarl.URL, key: str, *, filter_sent: bool, expect: type
     ) -> tuple[Any, CIMultiDictProxy[str]]:
         where = loggable_url(url)
-        headers = await self.auth.headers("GET", url)
-        headers["Accept"] = "application/json"
+        sent = await self.auth.headers("GET", url)
+        headers = {**sent, "Accept": "application/json"}
         try:
             async with self.session.get(
                 url, headers=headers, timeout=self._timeout, allow_redirects=False
@@ -190,7 +193,9 @@ class Requester:
         else:
             info = describe_body(body)
         if status == 401:
-            raise _Unauthorised(f"HTTP 401: {info.text()}", status=401, url=where)
+            unauthorised = _Unauthorised(f"HTTP 401: {info.text()}", status=401, url=where)
+            unauthorised.rejected = sent
+            raise unauthorised
         retry_after = parse_retry_after(response_headers.get("Retry-After"))
         raise error_for(status, info, url=where, filter_sent=filter_sent, retry_after=retry_after)
 
@@ -364,8 +369,9 @@ class Listing:
     it, pages are fetched one after another until an empty page. A page shorter than asked while
     the total says more is the server clamping ``limit``: the gap is fetched, it is not the end.
 
-    ``complete`` becomes True only when the iterator is exhausted without error and the total
-    did not change on the way; otherwise ``incomplete_reason`` says why.
+    ``complete`` becomes True only when the iterator is exhausted without error and neither the
+    total nor ClassLink's ``X-Perm-Rev`` changed on the way; otherwise ``incomplete_reason``
+    says why.
     """
 
     def __init__(
@@ -387,6 +393,7 @@ class Listing:
         self._since = since
         self._since_format = since_format
         self._filter: str | None = None
+        self._revision: str | None = None
         self._pages = self._run()
 
     def __aiter__(self) -> Self:
@@ -437,6 +444,12 @@ class Listing:
         )
         if len(records) > limit:  # a server ignoring `limit`: the rest belongs to later pages
             records = records[:limit]
+        revision = headers.get("X-Perm-Rev")  # ClassLink's dataset revision
+        if revision is not None:
+            if self._revision is None:
+                self._revision = revision
+            elif revision != self._revision:
+                self._incomplete(f"X-Perm-Rev changed from {self._revision} to {revision}")
         return records, _total(headers)
 
     async def _first(self) -> tuple[list[Any], int | None]:

@@ -129,6 +129,19 @@ async def test_token_without_expiry_lasts_until_invalidated(token_server, sessio
     assert await auth.headers("GET", ANY_URL) != first
 
 
+async def test_invalidating_an_already_replaced_token_is_a_no_op(token_server, session):
+    """A 401 for an old token does not throw away the newer one another request fetched."""
+    auth = oauth2(token_server, session)
+    old = await auth.headers("GET", ANY_URL)
+    await auth.invalidate(old)
+    new = await auth.headers("GET", ANY_URL)
+    await auth.invalidate(old)
+    assert await auth.headers("GET", ANY_URL) == new
+    assert auth.fetches == 2
+    await auth.invalidate(new)
+    assert await auth.headers("GET", ANY_URL) != new
+
+
 async def test_concurrent_callers_share_one_refresh(token_server, session):
     """Twenty concurrent first calls cause exactly one token request (single flight)."""
     auth = oauth2(token_server, session)

@@ -113,6 +113,7 @@ class FakeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.total_bonus = 0
+        self.revision: str | None = None
         self.on_page: Callable[[int], None] | None = None
         self.delay = 0.0
         self.server: TestServer | None = None
@@ -254,6 +255,8 @@ class FakeServer:
         if self.on_page is not None:
             self.on_page(offset)
         headers = {"X-Total-Count": str(len(rows) + self.total_bonus)} if self.send_total else {}
+        if self.revision is not None:
+            headers["X-Perm-Rev"] = self.revision
         body = orjson.dumps({entity: rows[offset : offset + limit]})
         return web.Response(body=body, headers=headers, content_type="application/json")
 
@@ -350,6 +353,24 @@ async def test_total_changing_mid_listing_marks_it_incomplete(server):
         listing, _ = await collect(client)
     assert not listing.complete
     assert "X-Total-Count changed" in (listing.incomplete_reason or "")
+
+
+async def test_revision_changing_mid_listing_marks_it_incomplete(server):
+    """A changed X-Perm-Rev (ClassLink's dataset revision) while paging: not complete."""
+    server.records, server.revision = make_records(40), "r1"
+
+    def bump(offset: int) -> None:
+        if offset >= 20:
+            server.revision = "r2"
+
+    server.on_page = bump
+    async with client_for(server, concurrency=1) as client:
+        listing, records = await collect(client)
+        assert len(records) == 40
+        assert not listing.complete
+        assert "X-Perm-Rev changed from r1 to r2" in (listing.incomplete_reason or "")
+        again, _ = await collect(client)
+    assert again.complete
 
 
 async def test_empty_collection_is_a_complete_listing(server):
@@ -538,6 +559,31 @@ async def test_oauth2_token_is_shared_by_concurrent_pages_and_refreshed_on_expir
                 listing, _ = await collect(client)
                 assert listing.complete
                 assert auth.fetches == 2
+
+
+async def test_concurrent_401s_cause_one_token_refresh():
+    """When a token is revoked under four pages in flight, exactly one new token is fetched."""
+    async with FakeServer(auth="oauth2", records=make_records(80)) as fake:
+        fake.delay = 0.02
+
+        def revoke_after_first_page(offset: int) -> None:
+            if offset == 0:
+                fake.valid_tokens = set()
+
+        fake.on_page = revoke_after_first_page
+        async with aiohttp.ClientSession() as session:
+            auth = OAuth2ClientCredentials(
+                session=session,
+                token_url=f"{fake.url}/oauth/token",
+                client_id=CLIENT_ID,
+                client_secret=Secret(CLIENT_SECRET),
+            )
+            async with client_for(fake, auth=auth, session=session, concurrency=4) as client:
+                listing, records = await collect(client)
+    assert listing.complete
+    assert len(records) == 80
+    assert fake.max_in_flight == 4
+    assert auth.fetches == 2
 
 
 @pytest.mark.parametrize("method", ["HMAC-SHA256", "HMAC-SHA1"])
