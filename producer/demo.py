@@ -126,6 +126,22 @@ async def _mutator(sim: Simulator, interval: float = 4.0) -> None:
             n += 1
 
 
+def _pointed_at(config: Config, sim: Simulator) -> Config:
+    """``config`` with its districts' URLs pointed at the running simulator (any port)."""
+    districts = []
+    for district in config.districts:
+        try:
+            found = sim.district(district.id)
+        except KeyError:
+            districts.append(district)
+            continue
+        update: dict[str, str] = {"base_url": found.base_url}
+        if district.token_url is not None:
+            update["token_url"] = found.token_url
+        districts.append(district.model_copy(update=update))
+    return config.model_copy(update={"districts": tuple(districts)})
+
+
 async def run_demo(args: argparse.Namespace, *, config_path: Path | None) -> int:
     """Run the demo until Ctrl+C or ``--duration``; the exit code."""
     config = load_config(config_path or DEMO_CONFIG, os.environ)
@@ -139,13 +155,16 @@ async def run_demo(args: argparse.Namespace, *, config_path: Path | None) -> int
         await asyncio.to_thread(subprocess.run, [str(KAFKA_SCRIPT), "start"], check=True)
         started_kafka = True
     sim = Simulator(demo_districts())
-    daemon = Daemon(config)
     counts: Counter[str] = Counter()
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, daemon.stop)
+        loop.add_signal_handler(signum, stop.set)
     try:
         async with sim.serve("127.0.0.1", args.port) as root:
+            daemon = Daemon(_pointed_at(config, sim))
+            stop_waiter = asyncio.create_task(stop.wait())
+            stop_waiter.add_done_callback(lambda _: daemon.stop())
             print(
                 f"demo: simulator on {root}; daemon starting (config {config_path or DEMO_CONFIG})"
             )
@@ -160,6 +179,7 @@ async def run_demo(args: argparse.Namespace, *, config_path: Path | None) -> int
             if args.duration is not None:
                 loop.call_later(args.duration, daemon.stop)
             code = await running
+            stop_waiter.cancel()
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)

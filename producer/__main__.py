@@ -1,0 +1,7 @@
+"""``python -m producer``: the same as the ``oneroster-cdc`` console script."""
+
+import sys
+
+from producer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,303 @@
+"""The command line and the daemon, run as a user runs them: as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from producer.simulator import DistrictSpec, Simulator
+from producer.state import topic_partitions
+from tests.checker import ENTITIES, rebuild
+from tests.harness import district_entry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(
+    path: Path, sim: Simulator, *, bootstrap: str, prefix: str, http_port: int = 0, **sync: Any
+) -> Path:
+    """A TOML config file for ``sim``'s districts (JSON strings are valid TOML strings)."""
+    lines = [
+        "[kafka]",
+        f"bootstrap_servers = {json.dumps(bootstrap)}",
+        f"topic_prefix = {json.dumps(prefix)}",
+        f"client_id = {json.dumps(prefix)}",
+        "partitions = 3",
+        "replication_factor = 1",
+        "[sync]",
+        'poll_interval = "2s"',
+        'jitter = "0s"',
+        'overlap = "5s"',
+        *(f"{k} = {json.dumps(v)}" for k, v in sync.items()),
+        "[state]",
+        f"dir = {json.dumps(str(path.parent / 'state'))}",
+        "[http]",
+        f'listen = "127.0.0.1:{http_port}"',
+    ]
+    for d in sim.districts:
+        lines.append("[[districts]]")
+        for key, value in district_entry(sim, d.spec.id).items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def cli(*args: str, limit: float = 120.0) -> tuple[int, str, str]:
+    """Run ``oneroster-cdc ARGS``; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "producer",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), limit)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator([DistrictSpec(id="d1", version="1.2", size="tiny", seed=11)])
+    async with simulator.serve():
+        yield simulator
+
+
+def test_check_config_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:
+    """`check-config` on a config with a bad value exits 2 and names the dotted key; a valid
+    config exits 0."""
+    import subprocess  # noqa: PLC0415
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sync]\npoll_interval = "soon"\n[kafka]\npartitions = 0\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "producer", "--config", str(bad), "check-config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "sync.poll_interval" in run.stderr
+    assert "kafka.partitions" in run.stderr
+    good = subprocess.run(
+        [sys.executable, "-m", "producer", "--config", "config/demo.toml", "check-config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    assert "2 district(s)" in good.stdout
+
+
+def test_a_bad_config_stops_run_with_exit_2(tmp_path: Path) -> None:
+    """`run` refuses an unknown key with exit code 2 and a message naming it."""
+    import subprocess  # noqa: PLC0415
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[kafka]\nbootstrap = "x:1"\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "producer", "--config", str(bad), "run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "kafka.bootstrap" in run.stderr
+
+
+@pytest.mark.integration
+async def test_sync_status_and_tail_agree(
+    sim: Simulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """`sync --all` writes events, `status --json` shows a checkpoint per entity with the
+    record counts, and `tail --from-beginning` decodes exactly the committed events."""
+    config = write_config(tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix)
+    code, out, err = await cli("--config", str(config), "sync", "--all")
+    assert code == 0, err
+    truth = {e: len(sim.district("d1").truth_state(e)) for e in ENTITIES}
+
+    code, out, err = await cli("--config", str(config), "status", "--json")
+    assert code == 0, err
+    rows = {r["entity"]: r for r in map(json.loads, out.splitlines())}
+    assert set(rows) == set(ENTITIES)
+    assert {e: rows[e]["records"] for e in ENTITIES} == truth
+    assert all(r["cursor"] for r in rows.values())
+
+    code, out, err = await cli(
+        "--config", str(config), "tail", "users", "--from-beginning", "--json", "--timeout", "3"
+    )
+    assert code == 0, err
+    envelopes = [json.loads(line) for line in out.splitlines()]
+    assert {e["sourced_id"] for e in envelopes} == set(sim.district("d1").truth_state("users"))
+    assert {e["op"] for e in envelopes} == {"CREATED"}
+
+    code, out, err = await cli(
+        "--config", str(config), "tail", "users", "--from-beginning", "--max", "3"
+    )
+    assert code == 0, err
+    assert len(out.splitlines()) == 3
+    assert all(" CREATED " in line for line in out.splitlines())
+
+
+async def _wait_http(url: str, status: int, deadline: float) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    last = (resp.status, await resp.text())
+                    if resp.status == status:
+                        return orjson.loads(last[1]) if "json" in resp.content_type else {}
+            except aiohttp.ClientError as exc:
+                last = exc
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{url} never answered {status}; last: {last}")
+
+
+async def _no_open_transactions(bootstrap: str, topics: list[str]) -> None:
+    """Every partition's last stable offset equals its high watermark: nothing left open."""
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
+        await consumer.start()
+        try:
+            ends: dict[Any, int] = {}
+            for topic in topics:
+                tps = await topic_partitions(consumer, topic)
+                ends.update(await consumer.end_offsets(tps))
+        finally:
+            await consumer.stop()
+        if isolation == "read_committed":
+            committed = ends
+        else:
+            assert committed == ends
+
+
+@pytest.mark.integration
+async def test_daemon_serves_health_metrics_and_stops_cleanly_on_sigterm(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """`run` answers /healthz and /readyz, exposes the named metric series, writes events,
+    and on SIGTERM mid-snapshot exits 0 with one summary line and no open transaction."""
+    simulator = Simulator([DistrictSpec(id="d1", version="1.2", size=150, seed=12)])
+    async with simulator.serve():
+        port = free_port()
+        config = write_config(
+            tmp_path / "c.toml",
+            simulator,
+            bootstrap=kafka_bootstrap,
+            prefix=unique_prefix,
+            http_port=port,
+            batch_size=20,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "producer",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+            "run",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            await _wait_http(f"{base}/healthz", 200, deadline)
+            ready = await _wait_http(f"{base}/readyz", 200, deadline)
+            assert ready["status"] == "ready"
+            async with aiohttp.ClientSession() as session:
+                while time.monotonic() < deadline:
+                    async with session.get(f"{base}/metrics") as resp:
+                        text = await resp.text()
+                    if 'oneroster_records_fetched_total{district="d1"' in text:
+                        break
+                    await asyncio.sleep(0.1)
+            for series in (
+                "oneroster_records_fetched_total",
+                "oneroster_page_seconds",
+                "oneroster_state_keys",
+                "oneroster_ready",
+            ):
+                assert series in text
+            proc.send_signal(signal.SIGTERM)
+            _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert [e for e in events if e["event"] == "daemon.stopped"], "no summary line"
+    topics = [f"{unique_prefix}.{e}" for e in ENTITIES] + [
+        f"{unique_prefix}.state",
+        f"{unique_prefix}.checkpoints",
+    ]
+    await _no_open_transactions(kafka_bootstrap, topics)
+    rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
+    assert rebuilt.violations == []
+    assert rebuilt.ops["CREATED"] > 0
+
+
+@pytest.mark.integration
+async def test_demo_brings_events_to_kafka(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """`demo --duration` against a running broker starts the simulator and the daemon, prints
+    committed events (snapshot and the mutator's deltas) and exits 0."""
+    env = {
+        **os.environ,
+        "ONEROSTER_CDC__KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ONEROSTER_CDC__KAFKA__TOPIC_PREFIX": unique_prefix,
+        "ONEROSTER_CDC__KAFKA__CLIENT_ID": unique_prefix,
+        "ONEROSTER_CDC__STATE__DIR": str(tmp_path / "state"),
+        "ONEROSTER_CDC__HTTP__LISTEN": "127.0.0.1:0",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "producer",
+        "--log-level",
+        "WARNING",
+        "demo",
+        "--duration",
+        "25",
+        "--port",
+        str(free_port()),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert " CREATED " in text
+    assert " UPDATED users " in text, text[-2000:]
+    assert "demo: done: created=" in text
