@@ -2,16 +2,8 @@
 
 One seam to the network: the ``aiohttp.ClientSession`` (injected, or owned and closed by the
 client). Everything a request needs (auth headers, retries with backoff, typed errors from any
-error body) happens in :class:`Requester`, which discovery reuses.
-
-Observer events (stable names; ``fields`` values are plain str/int/float/bool):
-
-==================  ==============================================================
-``request.retry``   ``district_id, entity, attempt, delay, error, status``
-``request.reauth``  ``district_id, entity``: a 401 led to one re-authentication
-``page.fetched``    ``district_id, entity, offset, records, latency``
-``listing.done``    ``district_id, entity, records, pages, complete, seconds``
-==================  ==============================================================
+error body) happens in :class:`producer.retry.Requester`, which discovery reuses; its module
+docstring lists the observer events.
 """
 
 from __future__ import annotations
@@ -20,7 +12,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -32,172 +24,18 @@ from multidict import CIMultiDictProxy
 
 from producer import errors
 from producer.auth import Authenticator
-from producer.envelope import ServerStatus, describe_body, error_for, records_of
 from producer.filters import TimestampFormat, delta_filter, detect_format, encode_query
 from producer.model import Entity, RawPage, Version
-from producer.retry import RetryPolicy, parse_retry_after
+from producer.retry import Observer, Requester, RetryPolicy, ignore_events, loggable_url
 
 log = structlog.get_logger(__name__)
 
-Observer = Callable[[str, Mapping[str, object]], None]
 VersionSetting = Literal["1.1", "1.2", "auto"]
 
 BASE_PATHS: Final[dict[Version, str]] = {
     "1.1": "/ims/oneroster/v1p1",
     "1.2": "/ims/oneroster/rostering/v1p2",
 }
-_SECRET_PARAMS: Final = ("oauth_", "access_token", "client_secret")
-
-
-def ignore_events(event: str, fields: Mapping[str, object]) -> None:
-    """The default observer: drops every event."""
-
-
-def loggable_url(url: yarl.URL) -> str:
-    """``url`` without credentials or OAuth parameters, safe for logs and error messages."""
-    query = [(k, v) for k, v in url.query.items() if not k.lower().startswith(_SECRET_PARAMS)]
-    return str(url.with_user(None).with_password(None).with_query(query))
-
-
-class _Unauthorised(errors.AuthFailed):
-    """A 401 from the resource server (re-authenticate once before giving up)."""
-
-    #: The auth headers the refused request carried (never logged; see Authenticator).
-    rejected: Mapping[str, str] | None = None
-
-
-class Requester:
-    """GETs JSON pages for one district with auth, timeouts, retries and typed errors."""
-
-    def __init__(
-        self,
-        *,
-        session: aiohttp.ClientSession,
-        auth: Authenticator,
-        district_id: str,
-        request_timeout: float = 60.0,
-        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
-        observer: Observer = ignore_events,
-    ) -> None:
-        self.session = session
-        self.auth = auth
-        self.district_id = district_id
-        self.retry = retry
-        self.observer = observer
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
-        #: A 429 pauses every request of the district, not just the one that saw it.
-        self._not_before = 0.0
-
-    async def get(
-        self,
-        url: yarl.URL,
-        key: str,
-        *,
-        entity: str,
-        filter_sent: bool = False,
-        expect: type = list,
-    ) -> tuple[Any, CIMultiDictProxy[str]]:
-        """The value under ``key`` at ``url`` (a list unless ``expect`` says otherwise) and the
-        response headers, retried as the policy says.
-
-        Raises:
-            errors.SourceError: a subclass saying what went wrong, after retries for retriable ones.
-        """
-        reauthenticated = False
-        attempt = 0
-        while True:
-            wait = self._not_before - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            started = time.monotonic()
-            try:
-                records, headers = await self._once(
-                    url, key, filter_sent=filter_sent, expect=expect
-                )
-            except _Unauthorised as exc:
-                if reauthenticated:
-                    raise
-                reauthenticated = True
-                self.observer("request.reauth", {"district_id": self.district_id, "entity": entity})
-                log.info("source.reauthenticate", district_id=self.district_id, entity=entity)
-                await self.auth.invalidate(exc.rejected)
-                continue
-            except errors.SourceError as exc:
-                attempt += 1
-                if not exc.retriable or attempt >= self.retry.attempts:
-                    raise
-                retry_after = exc.retry_after if isinstance(exc, errors.RateLimited) else None
-                delay = self.retry.delay(attempt - 1, retry_after=retry_after)
-                if isinstance(exc, errors.RateLimited):
-                    self._not_before = max(self._not_before, time.monotonic() + delay)
-                self.observer(
-                    "request.retry",
-                    {
-                        "district_id": self.district_id,
-                        "entity": entity,
-                        "attempt": attempt,
-                        "delay": delay,
-                        "error": type(exc).__name__,
-                        "status": exc.status or 0,
-                    },
-                )
-                log.warning(
-                    "source.retry",
-                    district_id=self.district_id,
-                    entity=entity,
-                    url=loggable_url(url),
-                    attempt=attempt,
-                    delay=round(delay, 3),
-                    error=type(exc).__name__,
-                    status=exc.status,
-                    reason=str(exc),
-                )
-                await asyncio.sleep(delay)
-                continue
-            self.observer(
-                "page.fetched",
-                {
-                    "district_id": self.district_id,
-                    "entity": entity,
-                    "offset": int(url.query.get("offset", "0") or 0),
-                    "records": len(records),
-                    "latency": time.monotonic() - started,
-                },
-            )
-            return records, headers
-
-    async def _once(
-        self, url: yarl.URL, key: str, *, filter_sent: bool, expect: type
-    ) -> tuple[Any, CIMultiDictProxy[str]]:
-        where = loggable_url(url)
-        sent = await self.auth.headers("GET", url)
-        headers = {**sent, "Accept": "application/json"}
-        try:
-            async with self.session.get(
-                url, headers=headers, timeout=self._timeout, allow_redirects=False
-            ) as resp:
-                body = await resp.read()
-                status, response_headers = resp.status, resp.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            kind = "timed out" if isinstance(exc, TimeoutError) else "failed"
-            raise errors.SourceUnavailable(
-                f"request {kind}: {type(exc).__name__}: {exc}", url=where
-            ) from exc
-        info: ServerStatus
-        if status == 200:
-            records, envelope = records_of(body, key, url=where, expect=expect)
-            if envelope is None:
-                return records, response_headers
-            info = envelope
-            status = envelope.implied_status or 200
-        else:
-            info = describe_body(body)
-        if status == 401:
-            unauthorised = _Unauthorised(f"HTTP 401: {info.text()}", status=401, url=where)
-            unauthorised.rejected = sent
-            raise unauthorised
-        retry_after = parse_retry_after(response_headers.get("Retry-After"))
-        raise error_for(status, info, url=where, filter_sent=filter_sent, retry_after=retry_after)
 
 
 def _total(headers: CIMultiDictProxy[str]) -> int | None:
@@ -598,6 +436,8 @@ __all__ = [
     "Observer",
     "OneRosterClient",
     "Requester",
+    "RetryPolicy",
+    "VersionSetting",
     "ignore_events",
     "loggable_url",
 ]

@@ -26,10 +26,10 @@ import yarl
 
 from producer import errors
 from producer.auth import BearerToken
-from producer.client import Observer, Requester, VersionSetting, ignore_events
+from producer.client import VersionSetting
 from producer.filters import encode_query
 from producer.model import Secret
-from producer.retry import RetryPolicy
+from producer.retry import Observer, Requester, RetryPolicy, ignore_events
 
 log = structlog.get_logger(__name__)
 
