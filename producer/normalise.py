@@ -6,6 +6,7 @@ Public API::
     denormalise(entity: Entity, data: Mapping[str, Any]) -> dict[str, Any]
     parse_timestamp(value: str) -> datetime | None
     format_timestamp(moment: datetime) -> str
+    dump_raw(raw: Any) -> bytes                     # JSON bytes of anything, for dead letters
     dead_letter(rejection, *, received_at: datetime | int, sync_id: str | None) -> dict[str, Any]
     MAX_ID_CHARS, MAX_STRING_CHARS, MAX_ITEMS, MAX_JSON_BYTES
 
@@ -110,13 +111,23 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _unicode(value: str) -> str:
+    """``value`` if it is valid Unicode text (no unpaired surrogate, which no UTF-8 can carry)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Reject("not valid Unicode (unpaired surrogate escape)") from None
+    return value
+
+
 def _str(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
         if len(value) > MAX_STRING_CHARS:
             raise _Reject(f"longer than {MAX_STRING_CHARS} characters")
-        return value
+        return _unicode(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise _Reject(f"not a string ({_kind(value)})")
@@ -139,7 +150,7 @@ def _id(value: Any) -> str:
         raise _Reject("empty")
     if len(value) > MAX_ID_CHARS:
         raise _Reject(f"longer than {MAX_ID_CHARS} characters")
-    return value
+    return _unicode(value)
 
 
 def _bool(value: Any) -> bool | None:
@@ -418,7 +429,8 @@ def _normalise(entity: Entity, district_id: str, raw: Any) -> CanonicalRecord:
     return CanonicalRecord(entity, district_id, sourced_id, status, moment, data)
 
 
-def _dump_raw(raw: Any) -> bytes:
+def dump_raw(raw: Any) -> bytes:
+    """``raw`` as JSON bytes for a dead letter, whatever it holds (a repr when JSON cannot)."""
     try:
         return orjson.dumps(raw, option=orjson.OPT_NON_STR_KEYS)
     except (orjson.JSONEncodeError, TypeError):
@@ -437,7 +449,7 @@ def normalise(entity: Entity, district_id: str, raw: Any) -> CanonicalRecord | R
     sid = raw.get("sourcedId") if isinstance(raw, dict) else None
     if not isinstance(sid, str) or not sid.strip() or len(sid) > MAX_ID_CHARS:
         sid = None
-    return Rejection(entity, district_id, reason, _dump_raw(raw), sid)
+    return Rejection(entity, district_id, reason, dump_raw(raw), sid)
 
 
 def _bool_text(value: Any) -> Any:

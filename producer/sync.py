@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-import orjson
 import structlog
 
 from producer import diff as differ
@@ -40,7 +39,7 @@ from producer.avro import DEAD_LETTER, Schemas, body_of, headers
 from producer.checkpoints import Checkpoint, encode_checkpoint, format_cursor, fresh
 from producer.errors import EncodingError, FilterUnsupported, Forbidden, ListingIncomplete
 from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, Version
-from producer.normalise import normalise
+from producer.normalise import dump_raw, normalise
 from producer.state import StateStore, StateWrite
 from producer.topics import TopicNames
 from producer.writer import Batch, OutRecord
@@ -51,6 +50,10 @@ Mode = Literal["DELTA", "FULL"]
 
 #: A record older than the delta filter by more than this means the filter was ignored.
 _FILTER_TOLERANCE = timedelta(seconds=1)
+#: An event or state value larger than this is dead-lettered instead (topics accept 8 MiB).
+MAX_VALUE_BYTES = 4 * 1024 * 1024
+#: A dead letter carries at most this much of the raw record (the reason says so when cut).
+MAX_RAW_BYTES = 256 * 1024
 
 
 class Listing(Protocol):
@@ -302,7 +305,7 @@ class DistrictSync:
                         self.district_id,
                         f"{record.entity}[sourcedId]: {sid!r} appears twice in one listing "
                         "with different content; the first was kept",
-                        orjson.dumps(record.data),
+                        dump_raw(record.data),
                         sid,
                     ),
                 )
@@ -339,16 +342,13 @@ class DistrictSync:
         try:
             encoded = differ.encode(self._schemas, change, source, before_body=before_body)
         except EncodingError as exc:
-            self._dead_letter(
-                state,
-                Rejection(
-                    change.entity,
-                    self.district_id,
-                    f"{change.entity}: does not fit its Avro schema: {exc}",
-                    orjson.dumps(change.after or change.before),
-                    change.sourced_id,
-                ),
-            )
+            reason = f"{change.entity}: does not fit its Avro schema: {exc}"
+            self._reject_change(state, change, reason)
+            return
+        size = len(encoded.event) + len(encoded.state or b"")
+        if size > MAX_VALUE_BYTES:
+            reason = f"{change.entity}: encoded change of {size} bytes exceeds {MAX_VALUE_BYTES}"
+            self._reject_change(state, change, reason)
             return
         topic = self._topics.events(change.entity)
         key = change.key.encode()
@@ -376,15 +376,25 @@ class DistrictSync:
                 state.result.updated += 1
         state.pending += 1
 
+    def _reject_change(self, state: _Pass, change: differ.Change, reason: str) -> None:
+        raw = dump_raw(change.after if change.after is not None else change.before)
+        self._dead_letter(
+            state, Rejection(change.entity, self.district_id, reason, raw, change.sourced_id)
+        )
+
     def _dead_letter(self, state: _Pass, rejection: Rejection) -> None:
+        raw, reason = rejection.raw, rejection.reason
+        if len(raw) > MAX_RAW_BYTES:
+            reason = f"{reason} (raw cut from {len(raw)} to {MAX_RAW_BYTES} bytes)"
+            raw = raw[:MAX_RAW_BYTES]
         value = self._schemas.encode(
             DEAD_LETTER,
             {
                 "district_id": rejection.district_id,
                 "entity": rejection.entity,
                 "sourced_id": rejection.sourced_id,
-                "reason": rejection.reason,
-                "raw": rejection.raw,
+                "reason": reason,
+                "raw": raw,
                 "received_at": self._clock(),
                 "sync_id": state.result.sync_id,
             },

@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 #: A week: a cold restore of the state topic must finish well within this, or it could miss a
 #: delete whose tombstone the cleaner already removed.
 DEFAULT_STATE_DELETE_RETENTION_MS = 7 * 24 * 3600 * 1000
+#: ``max.message.bytes`` of every topic we create: a large roster record must fit (the sync
+#: dead-letters anything over half of it).
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +83,13 @@ def topic_specs(
     names: TopicNames, settings: TopicSettings
 ) -> dict[str, tuple[int, dict[str, str]]]:
     """Partitions and configs of every topic, by name."""
-    compacted = {"cleanup.policy": "compact"}
-    history = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
+    large = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    compacted = {"cleanup.policy": "compact", **large}
+    history = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(settings.event_retention_ms),
+        **large,
+    }
     specs: dict[str, tuple[int, dict[str, str]]] = {
         names.events(e): (settings.partitions, history) for e in ENTITIES
     }

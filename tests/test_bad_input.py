@@ -433,14 +433,6 @@ async def test_a_record_the_json_parser_refuses_is_dead_lettered_not_the_page(
     assert len(letters) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a record over the broker's max.message.bytes (1 MiB default) is rejected by "
-    "the normaliser but its dead letter carries the whole raw payload, which the broker "
-    "refuses (producer/sync.py _dead_letter does not bound `raw`; producer/topics.py sets no "
-    "max.message.bytes on <prefix>.deadletter): the batch's transaction fails and the entity "
-    "never completes",
-)
 async def test_a_record_larger_than_a_kafka_message_is_dead_lettered(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
 ) -> None:
