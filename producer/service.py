@@ -35,7 +35,7 @@ from producer.auth import Authenticator, BearerToken, OAuth1Signer, OAuth2Client
 from producer.avro import Schemas
 from producer.checkpoints import Checkpoint, load_checkpoints
 from producer.client import OneRosterClient
-from producer.config import ClassLinkConfig, Config, DistrictConfig
+from producer.config import DEFAULT_ENTITIES, ClassLinkConfig, Config, DistrictConfig
 from producer.discovery import DirectOAuth1, DiscoveredDistrict, ProxyBearer, discover
 from producer.errors import ConfigError
 from producer.kafka_options import (
@@ -291,9 +291,7 @@ class Service:
                     district.id,
                     district.base_url,
                     district.version,
-                    tuple(self.config.districts[0].entities)
-                    if self.config.districts
-                    else DistrictConfig.model_fields["entities"].default,
+                    DEFAULT_ENTITIES,
                     discovered=district,
                 )
         return self.district_ids

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from producer.checkpoints import Checkpoint
+from producer.config import ClassLinkConfig
+from producer.model import Secret
 from producer.service import Service
 from producer.simulator import DistrictSpec, Faults, Simulator
 from tests.checker import ENTITIES, rebuild
@@ -215,3 +217,40 @@ async def test_sources_without_delta_filter_fall_back_to_full_listings(
     assert rebuilt.violations == []
     assert rebuilt.events[("users", f"d12/{sid}", "UPDATED")] == 1
     assert rebuilt.ops["UPDATED"] == 1
+
+
+@pytest.mark.parametrize("access", ["proxy", "direct"])
+async def test_classlink_discovered_districts_sync_like_static_ones(
+    access: str, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Districts discovered through ClassLink (proxy bearer or direct OAuth 1.0a) are synced
+    under ``classlink-<tenant_id>``; a disabled tenant is not."""
+    simulator = Simulator(
+        [
+            DistrictSpec(id="t1", version="1.1", size="tiny", seed=21),
+            DistrictSpec(id="t2", version="1.1", size="tiny", seed=22, enabled=False),
+        ],
+        classlink_api_key="cl-key",
+    )
+    async with simulator.serve() as root:
+        base = make_config(
+            simulator, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path
+        )
+        config = base.model_copy(
+            update={
+                "districts": (),
+                "classlink": ClassLinkConfig.model_validate(
+                    {"api_key": Secret("cl-key"), "host": root, "access": access}
+                ),
+            }
+        )
+        async with Service(config) as service:
+            ids = await service.refresh_discovery(config.classlink)
+            assert len(ids) == 1
+            assert ids[0].startswith("classlink-")
+            results = await service.sync(ids[0])
+            assert {r.mode for r in results} == {"FULL"}
+        rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
+        truth = simulator.district("t1").truth_state("users")
+        assert rebuilt.keys("users", ids[0]) == set(truth)
+        assert rebuilt.violations == []
