@@ -24,7 +24,14 @@ from multidict import CIMultiDictProxy
 
 from producer import errors
 from producer.auth import Authenticator
-from producer.filters import TimestampFormat, delta_filter, detect_format, encode_query
+from producer.filters import (
+    DEFAULT_FORMAT,
+    TimestampFormat,
+    delta_filter,
+    detect_format,
+    encode_query,
+    parse_timestamp,
+)
 from producer.model import Entity, RawPage, Version
 from producer.retry import Observer, Requester, RetryPolicy, ignore_events, loggable_url
 
@@ -232,6 +239,12 @@ class Listing:
         self._since_format = since_format
         self._filter: str | None = None
         self._revision: str | None = None
+        #: The cursor as sent (truncated to the server's precision) and whether ``>=`` was used.
+        self._sent_cursor: datetime | None = None
+        self._inclusive = False
+        #: True when a delta listing returned a record not newer than its cursor: the server
+        #: ignores the filter (the listing is then a full one, and may be used as such).
+        self.filter_ignored = False
         self._pages = self._run()
 
     def __aiter__(self) -> Self:
@@ -262,9 +275,28 @@ class Listing:
                     if found is not None:
                         self.observed_format = self._client.observed_format = found
                         break
+        if self._sent_cursor is not None and not self.filter_ignored:
+            self._check_filter(records, self._sent_cursor)
         self.records += len(records)
         self.pages += 1
         return RawPage(self.entity, offset, records, self.total)
+
+    def _check_filter(self, records: list[Any], cursor: datetime) -> None:
+        for record in records:
+            if not isinstance(record, dict):
+                continue
+            modified = parse_timestamp(record.get("dateLastModified"))
+            if modified is None:
+                continue
+            if modified < cursor or (modified == cursor and not self._inclusive):
+                self.filter_ignored = True
+                log.warning(
+                    "source.filter_ignored",
+                    district_id=self._client.district_id,
+                    entity=self.entity,
+                    filter=self._filter,
+                )
+                return
 
     async def _fetch(
         self, offset: int, limit: int, *, sort: bool = True
@@ -308,8 +340,10 @@ class Listing:
     async def _run(self) -> AsyncGenerator[RawPage, None]:
         client = self._client
         if self._since is not None:
-            fmt = self._since_format or client.observed_format
-            self._filter = delta_filter(self._since, fmt) if fmt else delta_filter(self._since)
+            fmt = self._since_format or client.observed_format or DEFAULT_FORMAT
+            self._filter = delta_filter(self._since, fmt)
+            self._sent_cursor = parse_timestamp(fmt.format(self._since))
+            self._inclusive = fmt.date_only
         started = time.monotonic()
         bound = log.bind(district_id=client.district_id, entity=self.entity)
         bound.info("source.listing_started", delta=self._filter is not None)

@@ -102,6 +102,31 @@ def detect_format(value: object) -> TimestampFormat | None:
     )
 
 
+def parse_timestamp(value: object) -> datetime | None:
+    """A lenient reading of a ``dateLastModified`` value as an aware datetime (UTC if no zone).
+
+    Accepts ``T`` or a space, 0-9 fraction digits (cut to microseconds), ``Z``, offsets with or
+    without a colon, and plain dates (midnight). ``None`` when it is not a timestamp.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _TIMESTAMP.fullmatch(value.strip())
+    if match is None:
+        return None
+    text = value.strip()
+    try:
+        if match["sep"] is None:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        frac = match["frac"]
+        main = text[: match.start("frac") - 1] if frac else text[: match.end("sep") + 8]
+        moment = datetime.fromisoformat(main.replace(" ", "T"))
+        if frac:
+            moment = moment.replace(microsecond=int(frac[:6].ljust(6, "0")))
+        return moment.replace(tzinfo=_zone_tz(match["zone"] or ""))
+    except ValueError:
+        return None
+
+
 def quote_value(value: str) -> str:
     """``value`` single-quoted for a filter, inner single quotes doubled."""
     return "'" + value.replace("'", "''") + "'"

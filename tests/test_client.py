@@ -10,7 +10,7 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -92,6 +92,7 @@ class FakeServer:
         max_limit: int | None = None,
         auth: str = "none",
         reject_filter: bool = False,
+        ignore_filter: bool = False,
         reject_sort: bool = False,
         retry_after: str = "0",
         token_expires_in: int | None = 3600,
@@ -103,6 +104,7 @@ class FakeServer:
         self.max_limit = max_limit
         self.auth = auth
         self.reject_filter = reject_filter
+        self.ignore_filter = ignore_filter
         self.reject_sort = reject_sort
         self.retry_after = retry_after
         self.token_expires_in = token_expires_in
@@ -248,7 +250,8 @@ class FakeServer:
                     },
                     status=400,
                 )
-            rows = [r for r in rows if r["dateLastModified"] > match[2]]
+            if not self.ignore_filter:
+                rows = [r for r in rows if r["dateLastModified"] > match[2]]
         limit = int(query.get("limit", "100"))
         offset = int(query.get("offset", "0"))
         if self.max_limit is not None:
@@ -395,6 +398,18 @@ async def test_delta_filter_uses_observed_format_and_strict_encoding(server):
     assert {r["dateLastModified"][:10] for r in records} == {f"2026-01-0{d}" for d in (6, 7, 8, 9)}
     assert "filter=dateLastModified%3E%272026-01-05%2010%3A00%3A00Z%27" in server.queries[-1]
     assert server.queries[-1].startswith("limit=10&offset=0&sort=sourcedId&orderBy=asc&filter=")
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+async def test_a_server_ignoring_the_filter_is_detected(server, ignored):
+    """A delta listing that returns records not newer than the cursor says filter_ignored."""
+    server.ignore_filter = ignored
+    async with client_for(server) as client:
+        listing, records = await collect(client, since=datetime(2026, 1, 5, 10, tzinfo=UTC))
+    assert listing.complete
+    assert listing.filter_ignored is ignored
+    newer = [r for r in server.records if r["dateLastModified"] > "2026-01-05T10:00:00.000Z"]
+    assert len(records) == (25 if ignored else len(newer))
 
 
 async def test_rejected_filter_raises_filter_unsupported(server):
@@ -889,6 +904,25 @@ async def test_simulator_quirks(quirk):
     assert (listing.total is None) == (quirk == "no_total_count")
     assert listing.observed_format is not None
     assert listing.observed_format.separator == (" " if quirk == "date_space" else "T")
+
+
+async def test_simulator_filter_ignored_is_detected():
+    """A server silently dropping the delta filter is noticed on the returned records."""
+    spec = DistrictSpec(id="sim", size="small", faults=Faults(kinds=("filter_ignored",)))
+    sim = Simulator([spec], frozen_clock=True)
+    async with sim.serve("127.0.0.1", 0), aiohttp.ClientSession() as session:
+        district = sim.district("sim")
+        async with OneRosterClient(
+            district_id="sim",
+            base_url=district.base_url,
+            version="1.2",
+            auth=sim_auth(district, session),
+            session=session,
+        ) as client:
+            cursor = sim.clock.now() - timedelta(days=10)
+            listing, records = await collect(client, since=cursor)
+    assert listing.filter_ignored
+    assert exactly_the_truth(records, district, "users")
 
 
 async def test_simulator_clamped_pages():

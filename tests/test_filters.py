@@ -17,6 +17,7 @@ from producer.filters import (
     delta_filter,
     detect_format,
     encode_query,
+    parse_timestamp,
     predicate,
 )
 
@@ -133,6 +134,7 @@ def test_formatted_cursors_are_detected_as_their_format_and_never_later(moment, 
     text = fmt.format(moment)
     assert detect_format(text) == fmt
     parsed = _parse(text)
+    assert parse_timestamp(text) == parsed
     assert parsed <= moment
     assert moment - parsed < timedelta(seconds=1)
 
@@ -145,6 +147,25 @@ def _parse(text: str) -> datetime:
     zone = match[4] or "Z"
     zone = "+00:00" if zone == "Z" else zone[:3] + ":" + zone[-2:]
     return datetime.fromisoformat(f"{match[1]}T{match[2]}.{micros}{zone}")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2023-02-10T05:05:21Z", datetime(2023, 2, 10, 5, 5, 21, tzinfo=UTC)),
+        ("2023-02-10 05:05:21.299Z", datetime(2023, 2, 10, 5, 5, 21, 299000, tzinfo=UTC)),
+        ("2023-02-10T05:05:21.123456789Z", datetime(2023, 2, 10, 5, 5, 21, 123456, tzinfo=UTC)),
+        ("2023-02-10T00:05:21-0500", datetime(2023, 2, 10, 5, 5, 21, tzinfo=UTC)),
+        ("2023-02-10T05:05:21", datetime(2023, 2, 10, 5, 5, 21, tzinfo=UTC)),
+        ("2023-02-10", datetime(2023, 2, 10, tzinfo=UTC)),
+        ("2023-02-30T00:00:00Z", None),
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_timestamps_are_read_leniently(text, expected):
+    """Space or T, any precision, Z or offsets, plain dates; impossible dates are None."""
+    assert parse_timestamp(text) == expected
 
 
 def test_offset_zone_is_converted_not_relabelled():
