@@ -29,7 +29,6 @@ async def profile(students: int, out: Path, interval: float) -> None:
 
     bootstrap = ensure_kafka()
     spec = {"id": "bench", "version": "1.2", "size": students, "seed": 1}
-    out.mkdir(parents=True, exist_ok=True)
     with SimProcess([spec]) as sim:
         district = sim.district("bench")
         tag = f"bench-prof-{uuid.uuid4().hex[:6]}"
@@ -58,6 +57,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profile")
     parser.add_argument("--interval", type=float, default=0.001)
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     asyncio.run(profile(args.students, args.out, args.interval))
     return 0

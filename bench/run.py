@@ -366,6 +366,15 @@ async def _produce(run: _Run) -> None:
         "bytes": sum(len(m[2] or b"") + len(m[1] or b"") for t in txns for _, m in t),
         "compression": config.kafka.compression,
     }
+    batch = await ceilings.aiokafka_batch_produce(
+        run.bootstrap, txns, producer_options(config.kafka)
+    )
+    run.results["produce_aiokafka_batch"] = {
+        "messages": batch.count,
+        "seconds": batch.seconds,
+        "rate": batch.rate,
+        "records_rate": snap["records"] * sent / snap["messages"] / batch.seconds,
+    }
     try:
         rdk = ceilings.librdkafka_produce(run.bootstrap, txns, config.kafka.compression)
     except ImportError as exc:
@@ -571,6 +580,12 @@ def markdown(report: dict[str, Any]) -> str:
         "1b aiokafka transactional produce",
         f"{_f(get('produce_aiokafka', 'rate'))} msgs/s = "
         f"{_f(get('produce_aiokafka', 'records_rate'))} records/s",
+    )
+    row(
+        "1b' aiokafka batch API (create_batch/send_batch)",
+        f"{_f(get('produce_aiokafka_batch', 'rate'))} msgs/s",
+        "aiokafka send",
+        ratio(get("produce_aiokafka_batch", "rate"), get("produce_aiokafka", "rate")),
     )
     rdk = get("produce_librdkafka", "rate")
     row(
