@@ -249,6 +249,7 @@ class Requester:
         if status == 200:
             records, envelope = records_of(body, key, url=where, expect=expect)
             if envelope is None:
+                _check_count(records, response_headers, where)
                 return records, response_headers
             info = envelope
             status = envelope.implied_status or 200
@@ -260,3 +261,20 @@ class Requester:
             raise unauthorised
         retry_after = parse_retry_after(response_headers.get("Retry-After"))
         raise error_for(status, info, url=where, filter_sent=filter_sent, retry_after=retry_after)
+
+
+def _check_count(records: Any, headers: CIMultiDictProxy[str], where: str) -> None:
+    """ClassLink's ``x-count`` (records in this page) must match what arrived."""
+    raw = headers.get("X-Count")
+    if raw is None or not isinstance(records, list):
+        return
+    try:
+        expected = int(raw.strip())
+    except ValueError:
+        return
+    if expected != len(records):
+        raise errors.BadResponse(
+            f"page carries {len(records)} records but x-count says {expected}",
+            status=200,
+            url=where,
+        )

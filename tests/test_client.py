@@ -457,6 +457,36 @@ async def test_transient_faults_are_retried(server, fault):
     assert {e for e, _ in events} >= {"page.fetched", "listing.done"}
 
 
+async def test_a_page_disagreeing_with_its_x_count_is_retried(server):
+    """A page whose record count differs from its x-count header is refetched."""
+    rows = orjson.dumps({"users": make_records(3)})
+
+    def short(_: web.Request) -> web.Response:
+        return web.Response(body=rows, headers={"x-count": "10"}, content_type="application/json")
+
+    server.faults.append(short)
+    events: list[str] = []
+    async with client_for(server, observer=lambda e, f: events.append(e)) as client:
+        listing, records = await collect(client)
+    assert listing.complete
+    assert ids(records) == Counter(r["sourcedId"] for r in server.records)
+    assert events.count("request.retry") == 1
+
+
+async def test_a_slow_consumer_holds_back_fetching(server):
+    """Pages are fetched only as they are consumed: at most `concurrency` ahead (flat memory)."""
+    server.records = make_records(500)
+    async with client_for(server, concurrency=3) as client:
+        listing = client.listing("users")
+        await anext(listing)
+        await asyncio.sleep(0.2)
+        ahead = len(server.requests)
+        rest = [page async for page in listing]
+    assert ahead <= 1 + 3
+    assert len(rest) == 49
+    assert listing.complete
+
+
 async def test_retry_after_is_honoured_up_to_the_cap(server):
     """A 429 with Retry-After waits at least the (capped) advertised delay."""
     server.retry_after = "30"
@@ -740,6 +770,22 @@ async def test_stopping_early_cancels_pages_in_flight(server):
         assert not listing.complete
     await asyncio.sleep(0.05)
     assert server.in_flight == 0
+
+
+async def test_logs_never_contain_oauth1_signatures():
+    """OAuth 1.0a signatures and secrets stay out of logs, also when requests fail."""
+    async with FakeServer(auth="oauth1", version="1.1") as fake:
+        fake.faults.extend(["500", "401"])
+        signer = OAuth1Signer(client_id=CLIENT_ID, client_secret=Secret(CLIENT_SECRET))
+        with capture_logs() as logs:
+            async with client_for(fake, auth=signer) as client:
+                await collect(client, since=datetime(2026, 1, 1, tzinfo=UTC))
+    text = repr(logs)
+    assert "source.retry" in text
+    assert "source.reauthenticate" in text
+    assert "oauth_signature" not in text
+    assert "oauth_nonce" not in text
+    assert CLIENT_SECRET not in text
 
 
 async def test_logs_never_contain_secrets():
