@@ -51,7 +51,7 @@ SCHEMAS = Schemas.load(history=False)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 #: Every code point, unpaired surrogates included (hypothesis' default text excludes them).
-_any_char = st.characters(codec=None, categories=None)
+_any_char = st.characters(codec=None) | st.integers(0xD800, 0xDFFF).map(chr)
 _any_text = st.text(_any_char, max_size=12)
 
 # ---- normaliser -------------------------------------------------------------------------------
