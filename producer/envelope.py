@@ -10,6 +10,7 @@ collection's key is an error, never an empty page.
 from __future__ import annotations
 
 import html
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -138,6 +139,17 @@ def describe_body(body: bytes) -> ServerStatus:
     )
 
 
+def _loads(body: bytes) -> Any:
+    """Parse a page. orjson first (fast); if it refuses, the lenient stdlib parser, which accepts
+    what one bad record can carry (an unpaired surrogate escape, a number beyond double range),
+    so that record is dead-lettered by the normaliser instead of failing its whole page.
+    Truncated or non-JSON bodies fail both."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def records_of(
     body: bytes, key: str, *, url: str, expect: type = list
 ) -> tuple[Any, ServerStatus | None]:
@@ -150,8 +162,8 @@ def records_of(
         errors.BadResponse: the body is not JSON (truncated, HTML) or has neither data nor error.
     """
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        doc = _loads(body)
+    except ValueError as exc:
         seen = describe_body(body)
         raise errors.BadResponse(
             f"response is not valid JSON (truncated or not OneRoster): {seen.text()}",

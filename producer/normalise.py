@@ -434,7 +434,11 @@ def dump_raw(raw: Any) -> bytes:
     try:
         return orjson.dumps(raw, option=orjson.OPT_NON_STR_KEYS)
     except (orjson.JSONEncodeError, TypeError):
+        pass
+    try:
         return orjson.dumps(repr(raw)[:MAX_JSON_BYTES])
+    except RecursionError:  # nested deeper than Python's recursion limit
+        return orjson.dumps(f"<{type(raw).__name__} nested too deep to serialise>")
 
 
 def normalise(entity: Entity, district_id: str, raw: Any) -> CanonicalRecord | Rejection:
