@@ -237,12 +237,15 @@ class OAuth1Signer:
 class BearerToken:
     """A static bearer (e.g. ClassLink's proxy token), or one read afresh after a 401.
 
-    With a callable, the token is fetched on first use and again after ``invalidate()``.
+    With a callable, the token is fetched on first use (unless ``initial`` is given) and again
+    after ``invalidate()``.
     """
 
-    def __init__(self, token: Secret | Callable[[], Awaitable[Secret]]) -> None:
+    def __init__(
+        self, token: Secret | Callable[[], Awaitable[Secret]], *, initial: Secret | None = None
+    ) -> None:
         self._source = token
-        self._token: Secret | None = token if isinstance(token, Secret) else None
+        self._token: Secret | None = token if isinstance(token, Secret) else initial
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:

@@ -36,7 +36,13 @@ from producer.avro import Schemas
 from producer.checkpoints import Checkpoint, load_checkpoints
 from producer.client import OneRosterClient
 from producer.config import DEFAULT_ENTITIES, ClassLinkConfig, Config, DistrictConfig
-from producer.discovery import DirectOAuth1, DiscoveredDistrict, ProxyBearer, discover
+from producer.discovery import (
+    DirectOAuth1,
+    DiscoveredDistrict,
+    ProxyBearer,
+    bearer_reader,
+    discover,
+)
 from producer.errors import ConfigError
 from producer.kafka_options import (
     connection_options,
@@ -330,12 +336,21 @@ class Service:
         self._sessions[source.id] = session
         return client
 
-    @staticmethod
-    def _auth(source: Source, session: aiohttp.ClientSession) -> Authenticator:
+    def _auth(self, source: Source, session: aiohttp.ClientSession) -> Authenticator:
         if source.discovered is not None:
             auth = source.discovered.auth
             if isinstance(auth, ProxyBearer):
-                return BearerToken(auth.token)
+                classlink = self.config.classlink
+                if classlink is None:
+                    return BearerToken(auth.token)
+                # After a 401 the tenant's bearer is read again from /applications (rotation).
+                reread = bearer_reader(
+                    session,
+                    host=classlink.host,
+                    api_key=classlink.api_key,
+                    tenant_id=source.discovered.tenant_id,
+                )
+                return BearerToken(reread, initial=auth.token)
             assert isinstance(auth, DirectOAuth1)
             return OAuth1Signer(client_id=auth.client_id, client_secret=auth.client_secret)
         cfg = source.config
