@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self
+from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -39,6 +40,16 @@ log = structlog.get_logger(__name__)
 
 VersionSetting = Literal["1.1", "1.2", "auto"]
 
+#: The envelope key of a single-object GET, per collection (1.2 spec; 1.1 uses the same).
+SINGULAR_KEYS: Final[dict[Entity, str]] = {
+    "orgs": "org",
+    "academicSessions": "academicSession",
+    "courses": "course",
+    "classes": "class",
+    "users": "user",
+    "enrollments": "enrollment",
+    "demographics": "demographics",
+}
 BASE_PATHS: Final[dict[Version, str]] = {
     "1.1": "/ims/oneroster/v1p1",
     "1.2": "/ims/oneroster/rostering/v1p2",
@@ -201,6 +212,20 @@ class OneRosterClient:
         if self._closed:
             raise errors.ClientClosed(f"client for district {self.district_id!r} is closed")
         return Listing(self, entity, since=since, since_format=since_format)
+
+    async def fetch_one(self, entity: Entity, sourced_id: str) -> dict[str, Any] | None:
+        """The single record ``GET {base}/{entity}/{sourcedId}``, or None when the server says
+        404 (unknown object). The sourcedId is percent-encoded as one path segment."""
+        version = await self.resolve_version()
+        segment = quote(sourced_id, safe="")
+        url = yarl.URL(f"{self._root}{BASE_PATHS[version]}/{entity}/{segment}", encoded=True)
+        try:
+            record, _headers = await self.requester().get(
+                url, SINGULAR_KEYS[entity], entity=entity, expect=dict
+            )
+        except errors.NotFound:
+            return None
+        return dict(record)
 
     def _sort_params(self) -> list[tuple[str, str]]:
         return [] if self._sort_ok is False else [("sort", "sourcedId"), ("orderBy", "asc")]

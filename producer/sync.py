@@ -14,7 +14,9 @@ enrollments, demographics):
   never runs ahead of committed data, and a failed pass is redone from the committed cursor
   (the differ makes the re-read idempotent).
 - **Hard deletes.** A FULL pass whose listing completed deletes the keys the store holds but the
-  listing lacked (``absent_from_full_sync``), unless they exceed ``mass_delete_threshold`` of
+  listing lacked (``absent_from_full_sync``), each confirmed first by a single-record GET that
+  answers 404 (a record that slid out of an offset-paged listing while the source changed is
+  still there: it is diffed, never deleted), unless they exceed ``mass_delete_threshold`` of
   the entity: then nothing is deleted, the count is held in the checkpoint, an alert is logged
   and counted, until ``confirm-deletes`` runs the pass with the guard lifted.
 - **Filter fallback.** A source that rejects the delta filter (400) is listed in full at once; one
@@ -25,6 +27,7 @@ enrollments, demographics):
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -54,6 +57,8 @@ _FILTER_TOLERANCE = timedelta(seconds=1)
 MAX_VALUE_BYTES = 4 * 1024 * 1024
 #: A dead letter carries at most this much of the raw record (the reason says so when cut).
 MAX_RAW_BYTES = 256 * 1024
+#: Concurrent single-record GETs that confirm a full sync's candidate deletes.
+_VERIFY_CONCURRENCY = 4
 
 
 class Listing(Protocol):
@@ -74,6 +79,8 @@ class Source(Protocol):
     async def resolve_version(self) -> Version: ...
 
     def listing(self, entity: Entity, *, since: datetime | None = None) -> Listing: ...
+
+    async def fetch_one(self, entity: Entity, sourced_id: str) -> dict[str, Any] | None: ...
 
 
 class Sink(Protocol):
@@ -438,15 +445,40 @@ class DistrictSync:
             return
         for start in range(0, len(missing), self._settings.batch_size):
             chunk = missing[start : start + self._settings.batch_size]
+            current = await self._verify(entity, chunk)
             stored = self._store.get_many(entity, self.district_id, chunk)
+            present: list[CanonicalRecord] = []
             for sid in chunk:
                 prior = stored.get(sid)
                 if prior is None:
                     continue
+                raw = current[sid]
+                if raw is not None:
+                    # The listing missed a record that still exists (offsets shifted while it
+                    # paged): never a delete; diff what the server holds now instead.
+                    log.warning("sync.absent_but_present", sourced_id=sid)
+                    outcome = normalise(entity, self.district_id, raw)
+                    if isinstance(outcome, Rejection):
+                        self._dead_letter(state, outcome)
+                    else:
+                        present.append(outcome)
+                    continue
                 data = self._schemas.decode(prior.value).value
                 change = differ.absent(entity, self.district_id, sid, (prior.digest, data))
                 self._emit(state, change, "FULL", body_of(prior.value))
+            for record in present:
+                self._record(record, stored, state, "FULL")
             await self._flush(state)
+
+    async def _verify(self, entity: Entity, sourced_ids: Sequence[str]) -> dict[str, Any]:
+        """What the server holds now for each candidate delete: its record, or None (404)."""
+        gate = asyncio.Semaphore(_VERIFY_CONCURRENCY)
+
+        async def one(sid: str) -> tuple[str, Any]:
+            async with gate:
+                return sid, await self._source.fetch_one(entity, sid)
+
+        return dict(await asyncio.gather(*(one(sid) for sid in sourced_ids)))
 
     async def _finish(self, entity: Entity, state: _Pass, cp: Checkpoint, mode: Mode) -> None:
         """The pass's last transaction: whatever is pending, plus the checkpoint."""
