@@ -19,6 +19,7 @@ happened and what to do, and never contain a secret.
     │       └── FilterUnsupported     the server rejected the delta filter
     ├── SinkError                     talking to Kafka
     │   ├── BrokerUnavailable         broker down or timing out                 (retriable)
+    │   ├── BrokerAuthFailed          the broker refused our SASL credentials
     │   ├── Fenced                    a newer instance took over our transactional_id
     │   └── TopicMisconfigured        e.g. the state topic exists but is not compacted
     ├── EncodingError                 a value does not fit its Avro schema
@@ -113,6 +114,10 @@ class BrokerUnavailable(SinkError):
     """The broker cannot be reached or timed out: nothing was committed; retry later."""
 
     retriable = True
+
+
+class BrokerAuthFailed(SinkError):
+    """The broker refused the SASL credentials: fix ``kafka.sasl_*``; retrying cannot help."""
 
 
 class Fenced(SinkError):

@@ -17,9 +17,15 @@ from typing import Any
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+)
 
-from producer.errors import BrokerUnavailable, TopicMisconfigured
+from producer.errors import BrokerAuthFailed, BrokerUnavailable, TopicMisconfigured
 from producer.model import ENTITIES, Entity
 
 log = structlog.get_logger(__name__)
@@ -126,10 +132,41 @@ async def ensure_topics(
             log.info("topics_created", topics=missing)
         await _check_compacted(admin, [names.state, names.checkpoints])
     except KafkaError as exc:
+        await diagnose_authentication(admin_config)
         raise BrokerUnavailable(f"could not check or create topics: {exc}") from exc
     finally:
         await admin.close()
     return missing
+
+
+async def diagnose_authentication(options: dict[str, Any]) -> None:
+    """Raise ``BrokerAuthFailed`` when a failed connection was the broker refusing our SASL
+    credentials (aiokafka's clients only log that and report "unable to bootstrap")."""
+    if not options.get("sasl_mechanism"):
+        return
+    servers = options["bootstrap_servers"]
+    for server in [servers] if isinstance(servers, str) else servers:
+        host, _, port = str(server).rpartition(":")
+        try:
+            conn = await create_conn(
+                host,
+                int(port),
+                request_timeout_ms=10_000,
+                ssl_context=options.get("ssl_context"),
+                security_protocol=options["security_protocol"],
+                sasl_mechanism=options["sasl_mechanism"],
+                sasl_plain_username=options.get("sasl_plain_username"),
+                sasl_plain_password=options.get("sasl_plain_password"),
+            )
+        except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
+            raise BrokerAuthFailed(
+                f"Kafka broker {server} refused SASL authentication ({options['sasl_mechanism']}"
+                f" as {options.get('sasl_plain_username')!r}): check kafka.sasl_username, "
+                "kafka.sasl_password and kafka.sasl_mechanism"
+            ) from exc
+        except (KafkaError, OSError):
+            continue  # not an authentication problem: the caller reports it
+        conn.close()
 
 
 async def _check_compacted(admin: AIOKafkaAdminClient, topics: list[str]) -> None:

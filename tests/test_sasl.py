@@ -159,14 +159,6 @@ async def test_wrong_password_fails_at_start_and_writes_nothing(
     assert await topics_with(sasl_broker.plaintext, unique_prefix) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a SASL authentication failure surfaces as BrokerUnavailable('could not check "
-    "or create topics: KafkaConnectionError: Unable to bootstrap from [...]') (producer/"
-    "topics.py ensure_topics wraps every KafkaError so; aiokafka only logs "
-    "SaslAuthenticationFailed): the message does not name authentication and the error is "
-    "retriable, so the daemon retries bad credentials forever instead of stopping",
-)
 async def test_wrong_password_error_names_authentication_and_is_not_retried(
     sasl_broker: SaslBroker, sim: Simulator, unique_prefix: str, tmp_path: Path
 ) -> None:
