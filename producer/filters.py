@@ -54,10 +54,16 @@ class TimestampFormat:
         """
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        moment = moment.astimezone(_zone_tz(self.zone))
+        try:
+            moment = moment.astimezone(_zone_tz(self.zone))
+        except OverflowError:
+            raise FilterError(
+                f"{moment.isoformat()} is out of range in zone {self.zone!r}"
+            ) from None
+        date = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
         if self.date_only:
-            return moment.strftime("%Y-%m-%d")
-        text = moment.strftime(f"%Y-%m-%d{self.separator}%H:%M:%S")
+            return date
+        text = f"{date}{self.separator}{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
         if self.fraction_digits:
             micros = f"{moment.microsecond:06d}"
             text += "." + (micros + "000")[: self.fraction_digits]
@@ -170,6 +176,11 @@ def predicate(
     text = fmt.format(value) if isinstance(value, datetime) else value
     if not isinstance(text, str):
         raise FilterError(f"filter value must be a string or datetime, not {type(value).__name__}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FilterError("filter value is not valid Unicode (unpaired surrogate)") from None
     return Filter((f"{field}{op}{quote_value(text)}",))
 
 

@@ -157,7 +157,6 @@ def test_normalise_odd_keys_and_boundary_string_sizes(
 _values = st.one_of(
     _any_text,
     st.datetimes(
-        # Years 1 and 9999 in a non-UTC zone overflow: see the xfail below.
         min_value=datetime(1000, 1, 2),  # noqa: DTZ001 -- hypothesis bounds are naive
         max_value=datetime(9999, 12, 30),  # noqa: DTZ001 -- hypothesis bounds are naive
         timezones=st.none() | st.just(UTC) | st.timezones(),
@@ -249,15 +248,6 @@ def test_detect_format_and_parse_timestamp_take_anything(value: Any) -> None:
     assert moment is None or moment.utcoffset() is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (minor): producer/filters.py predicate() returns filters it cannot send or "
-    "raises untyped errors: a value with an unpaired surrogate passes, then encode_query "
-    "(urllib.parse.quote) raises UnicodeEncodeError; a datetime within a day of year 1 or 9999 "
-    "outside UTC raises OverflowError from astimezone; a year before 1000 is written unpadded "
-    "('999-01-01T...', strftime %Y) which is not ISO 8601. Fix: check the value is UTF-8 "
-    "encodable, catch OverflowError as FilterError, format the year as %04d",
-)
 @pytest.mark.parametrize(
     "value",
     [
