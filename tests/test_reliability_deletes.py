@@ -168,3 +168,45 @@ async def test_listing_cut_short_by_errors_deletes_nothing_and_keeps_the_cursor(
     cp = (await read_checkpoints(kafka_bootstrap, unique_prefix))[f"{DISTRICT}/users"]
     assert cp["held_deletes"] == 0
     assert cp["last_full_sync_at"] != checkpoint["last_full_sync_at"]
+
+
+@pytest.mark.timeout(240)
+async def test_confirm_deletes_while_the_daemon_runs_applies_them_exactly_once(
+    sim: Simulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """An operator confirms held deletes while the daemon keeps running (same config, so
+    the same transactional id): the deletes are applied once; the daemon, fenced by the
+    confirming process, stops with exit 1 and ``daemon.fenced`` (as a zombie must), and once
+    restarted it emits nothing more: no duplicate DELETED and no re-created record."""
+    config = config_for(sim, kafka_bootstrap, unique_prefix, tmp_path)
+    logs = tmp_path / "logs"
+    snapshot = await run_cli(config, "sync", "--district", DISTRICT, logs=logs)
+    assert snapshot.returncode == 0, snapshot.stderr[-3000:]
+    d = sim.district(DISTRICT)
+    gone = sorted(d.truth_state("users"))[::2]
+    for sid in gone:
+        d.hard_delete("users", sid)
+
+    daemon = DaemonProcess(config, logs)
+    try:
+        daemon.start()
+        await daemon.wait_log("sync.mass_delete_held", within=90)
+        confirmed = await run_cli(
+            config, "confirm-deletes", "--district", DISTRICT, "--entity", "users", logs=logs
+        )
+        assert confirmed.returncode == 0, confirmed.stderr[-3000:]
+        assert f"{len(gone)} applied" in confirmed.stdout
+        await daemon.wait_log("daemon.fenced", within=60)
+        assert await daemon.terminate() == 1
+        daemon.start()
+        await daemon.wait_log("poll.finished", within=90, where=lambda x: x.get("full") is True)
+        assert await daemon.terminate() == 0
+    finally:
+        daemon.close()
+    after = await rebuild(kafka_bootstrap, unique_prefix)
+    deletes = {c: n for c, n in observed_changes(after).items() if c.op == "DELETED"}
+    assert set(deletes.values()) == {1}
+    assert sorted(c.key for c in deletes) == sorted(f"{DISTRICT}/{s}" for s in gone)
+    assert after.ops["CREATED"] == len(d.truth_state("users")) + len(gone)
+    assert after.violations == []
+    assert mismatches(after, truth_snapshot(sim, ("users",))) == []
