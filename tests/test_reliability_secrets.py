@@ -207,3 +207,53 @@ async def test_sentinel_secrets_appear_nowhere(
     control = leaks({"config file": config_path.read_text()}, needles)
     assert {c.split(": ", 1)[1] for c in control} == {*SECRETS, "classlink api key"} - {"sec11"}
     assert leaks(texts, needles) == []
+
+
+@pytest.mark.timeout(120)
+async def test_sasl_password_appears_nowhere_when_the_broker_refuses(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A SASL_PLAINTEXT config (sentinel password, given through ``env:``) against a broker
+    that does not speak SASL: the daemon retries its start and reports not ready, and neither
+    its output, ``/readyz``, ``/metrics`` nor ``check-config`` shows the password."""
+    password = "SENTINEL-sasl+v/w=x&y z"
+    env = {"SASL_SECRET": password}
+    sim = Simulator([DistrictSpec(id="sasl", seed=81)])
+    logs = tmp_path / "logs"
+    async with sim.serve():
+        doc = config_document(
+            sim,
+            bootstrap=kafka_bootstrap,
+            prefix=unique_prefix,
+            state_dir=tmp_path / "state",
+            district_overrides={"entities": ["orgs"]},
+        )
+        doc["kafka"].update(
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_username="cdc",
+            sasl_password="env:SASL_SECRET",
+        )
+        config_path = write_config(tmp_path / "sasl.toml", doc)
+        texts: dict[str, str] = {}
+        daemon = DaemonProcess(config_path, logs, env=env)
+        try:
+            daemon.start()
+            url = await daemon.http_url()
+            await daemon.wait_log("daemon.start_retry", within=60)
+            for path in ("/readyz", "/metrics"):
+                status, body = await http_get(url + path)
+                texts[f"http {path} ({status})"] = body
+            assert await daemon.terminate() == 0
+        finally:
+            daemon.close()
+        texts["daemon output"] = daemon.all_output()
+        checked = await run_cli(config_path, "check-config", logs=logs, env=env)
+        texts["check-config"] = checked.stdout + checked.stderr
+        config = load_config(config_path, env)
+        texts["config repr"] = repr(config)
+        texts["config dump"] = config.model_dump_json()
+    assert checked.returncode == 0, checked.stderr
+    assert any(k.startswith("http /readyz (503)") for k in texts), list(texts)
+    needles = {"sasl password": forms(password, "cdc")}
+    assert leaks(texts, needles) == []
