@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from producer.avro import CHECKPOINT, Schemas, headers
 from producer.errors import BrokerUnavailable
 from producer.model import Entity
+from producer.normalise import format_timestamp
 from producer.state import topic_partitions
 from producer.writer import OutRecord
 
@@ -60,9 +61,8 @@ class Checkpoint:
 
 
 def format_cursor(moment: datetime) -> str:
-    """A cursor string: ISO-8601 UTC with milliseconds and ``Z``."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    """A cursor string: ISO-8601 UTC with milliseconds and ``Z`` (four-digit year, always)."""
+    return format_timestamp(moment)
 
 
 def encode_checkpoint(schemas: Schemas, topic: str, cp: Checkpoint) -> OutRecord:

@@ -12,7 +12,8 @@ enrollments, demographics):
 - **Cursor.** The highest ``dateLastModified`` seen is written, with the counts, in the
   checkpoint of the last transaction of the pass, and only when the listing completed: a cursor
   never runs ahead of committed data, and a failed pass is redone from the committed cursor
-  (the differ makes the re-read idempotent).
+  (the differ makes the re-read idempotent). A record dated more than ``max(overlap, 10 min)``
+  past the local clock is processed but does not move the cursor (it is logged once per pass).
 - **Hard deletes.** A FULL pass whose listing completed deletes the keys the store holds but the
   listing lacked (``absent_from_full_sync``), each confirmed first by a single-record GET that
   answers 404 (a record that slid out of an offset-paged listing while the source changed is
@@ -57,6 +58,10 @@ _FILTER_TOLERANCE = timedelta(seconds=1)
 MAX_VALUE_BYTES = 4 * 1024 * 1024
 #: A dead letter carries at most this much of the raw record (the reason says so when cut).
 MAX_RAW_BYTES = 256 * 1024
+#: A record may be dated this far past the local clock before it stops moving the cursor.
+_FUTURE_ALLOWANCE = timedelta(minutes=10)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
 #: Concurrent single-record GETs that confirm a full sync's candidate deletes.
 _VERIFY_CONCURRENCY = 4
 
@@ -145,6 +150,11 @@ class _Pass:
     #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
     seen: dict[str, bytes] = field(default_factory=dict)
     filter_ignored: bool = False
+    #: Records dated after this do not move the cursor (see ``_run``).
+    ceiling: datetime = field(default_factory=lambda: _LATEST)
+    #: A delta record older than this means the server ignored the filter.
+    ignored_before: datetime | None = None
+    future_warned: bool = False
 
 
 class CheckpointBook:
@@ -191,6 +201,7 @@ class DistrictSync:
         self._topics = topics
         self._book = checkpoints
         self._settings = settings
+        self._overlap = timedelta(seconds=settings.overlap)
         self._entities = [e for e in ENTITIES if e in entities]
         self._observer: Observer = observer or _NoObserver()
         self._clock = clock
@@ -259,8 +270,19 @@ class DistrictSync:
         cursor = cp.cursor_time()
         since = None
         if mode == "DELTA" and cursor is not None:
-            since = cursor - timedelta(seconds=self._settings.overlap)
-        state = _Pass(EntityResult(self.district_id, entity, mode, sync_id), since, cursor)
+            since = max(cursor, _EARLIEST + self._overlap) - self._overlap
+        # A record dated past the local clock plus this allowance does not move the cursor: one
+        # data-entry or clock error would otherwise blind every later delta.
+        ceiling = self._clock() + max(self._overlap, _FUTURE_ALLOWANCE)
+        state = _Pass(
+            EntityResult(self.district_id, entity, mode, sync_id),
+            since,
+            cursor,
+            ceiling=ceiling,
+            ignored_before=None
+            if since is None
+            else max(since, _EARLIEST + _FILTER_TOLERANCE) - _FILTER_TOLERANCE,
+        )
         listing = self._source.listing(entity, since=since)
         async for page in listing:
             await self._page(entity, page, state, mode)
@@ -319,9 +341,18 @@ class DistrictSync:
             return
         state.seen[sid] = new_digest
         dlm = record.date_last_modified
-        if state.cursor is None or dlm > state.cursor:
+        if dlm > state.ceiling:
+            if not state.future_warned:
+                state.future_warned = True
+                log.warning(
+                    "sync.future_dated_record",
+                    sourced_id=sid,
+                    date_last_modified=record.data.get("dateLastModified"),
+                    note="future-dated records do not move the delta cursor",
+                )
+        elif state.cursor is None or dlm > state.cursor:
             state.cursor = dlm
-        if mode == "DELTA" and state.since is not None and dlm < state.since - _FILTER_TOLERANCE:
+        if mode == "DELTA" and state.ignored_before is not None and dlm < state.ignored_before:
             state.filter_ignored = True
         stored = priors.get(sid)
         if stored is not None and stored.digest == new_digest:

@@ -496,14 +496,6 @@ async def test_a_record_nested_a_thousand_deep_is_dead_lettered(
     assert [d["sourced_id"] for d in letters] == ["bad-deep"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: producer/checkpoints.py format_cursor writes the year with strftime('%Y'), "
-    "which glibc does not pad: a cursor from records dated 0001-01-01 (.NET DateTime.MinValue) "
-    "is '1-01-01T00:00:00.000Z', and service.MetricsObserver.pass_done (then "
-    "Checkpoint.cursor_time on the next pass) raise ValueError parsing it; padded, the next "
-    "delta's `cursor - overlap` (producer/sync.py _run) would still overflow",
-)
 async def test_records_dated_year_one_sync_then_delta(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
 ) -> None:
@@ -528,14 +520,6 @@ async def test_records_dated_year_one_sync_then_delta(
     assert rebuilt.ops == {"CREATED": 4, "UPDATED": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: one record dated in the far future (9999-12-31) moves the delta cursor there "
-    "(producer/sync.py _record takes the highest dateLastModified seen, uncapped), so every "
-    "later delta asks for dateLastModified>'9999-12-31...' and misses all real changes until "
-    "the next full sync; cap the cursor at the pass's start (source or local clock plus a "
-    "skew allowance) and warn about future-dated records",
-)
 async def test_a_future_dated_record_does_not_blind_the_deltas(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
 ) -> None:
