@@ -67,8 +67,9 @@ async def test_broker_killed_mid_sync_then_restarted_loses_and_duplicates_nothin
 ) -> None:
     """SIGKILL of the broker during the snapshot: /readyz answers 503 with the broker check
     failing while it is down and the daemon keeps running; after ``scripts/kafka start --keep``
-    /readyz is 200 again, the snapshot and a later delta round complete, and the committed
-    events match the truth exactly once."""
+    /readyz is 200 again and the snapshot completes. Then a delta round meets a second outage
+    in which the daemon is SIGKILLed too and restarted while the broker is down (it retries its
+    start, not ready). In the end the committed events match the truth exactly once."""
     slow = Faults(rate=1.0, kinds=("latency",), latency=0.05, seed=1)
     sim = Simulator([DistrictSpec(id="brk", version="1.2", size=40, seed=61, faults=slow)])
     async with sim.serve():
@@ -114,16 +115,31 @@ async def test_broker_killed_mid_sync_then_restarted_loses_and_duplicates_nothin
             )
             snapshots.append(truth_snapshot(sim))
 
+            # Round 2: changes, then the broker dies again, and so does the daemon; the daemon
+            # is restarted while the broker is still down (it must wait, not give up).
             sim.advance_clock(10)
             d = sim.district("brk")
             for sid in sorted(d.truth_state("users"))[:5]:
                 d.update("users", sid, familyName="AfterOutage")
             d.create("users", {"givenName": "PostOutage"})
+            d.mark_tobedeleted("users", sorted(d.truth_state("users"))[7])
+            await broker.kill()
+            await eventually(lambda: _status_is(url, 503), within=60, message="/readyz stayed 200")
+            daemon.kill()
+            daemon.start()
+            url = await daemon.http_url()
+            await daemon.wait_log("daemon.start_retry", within=60)
+            starting = await ready_status(url)
+            assert starting[0] == 503, starting
+            await broker.start(keep=True)
+            await eventually(
+                lambda: _status_is(url, 200), within=120, message="/readyz not 200 after restart"
+            )
             await eventually(
                 lambda: caught_up(broker.bootstrap, unique_prefix, sim),
-                within=90,
+                within=120,
                 interval=2,
-                message="the delta round did not complete",
+                message="the delta round did not complete after the second outage",
             )
             snapshots.append(truth_snapshot(sim))
             assert await daemon.terminate() == 0
