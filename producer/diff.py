@@ -7,6 +7,7 @@ Public API::
            digest, prior_digest, date_last_modified, status, delete_reason=None)  # .key
     Encoded(event, event_headers, state)          # state None = write a tombstone
     digest(data: Mapping[str, Any]) -> bytes        # 16 bytes, ignores dateLastModified
+    raw_digest(raw: Any) -> bytes | None            # of the source JSON, for skipping re-reads
     diff(record: CanonicalRecord, prior: Prior | None, *, new_digest: bytes | None = None)
         -> Change | None
     absent(entity, district_id, sourced_id, prior: Prior) -> Change   # full-sync hard delete
@@ -117,6 +118,30 @@ class Encoded:
     event_headers: list[tuple[str, bytes]]
     #: The new state value (single-object Avro canonical record); None = write a tombstone.
     state: bytes | None
+
+
+#: Changes whenever the normaliser's output for the same input may change, so raw digests
+#: written by an older release never vouch for a record the new rules would see differently.
+RAW_DIGEST_VERSION: Final = b"normalise-1"
+
+
+def raw_digest(raw: Any) -> bytes | None:
+    """16-byte BLAKE2b of a raw source record (a JSON object) without ``dateLastModified``.
+
+    Equal raw digests mean the server sent the same record (at most touched), so its canonical
+    form is the one already stored: a re-read can skip normalising it. ``None`` when ``raw`` is
+    not an object or cannot be serialised (it then takes the normal path).
+    """
+    if type(raw) is not dict:
+        return None
+    if _DLM in raw:
+        raw = dict(raw)
+        del raw[_DLM]
+    try:
+        data = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE, person=RAW_DIGEST_VERSION).digest()
 
 
 def digest(data: Mapping[str, Any]) -> bytes:

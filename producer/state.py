@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS records (
     sid      TEXT NOT NULL,
     digest   BLOB NOT NULL,
     value    BLOB NOT NULL,
+    raw      BLOB,
     PRIMARY KEY (entity, district, sid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (
@@ -70,10 +71,12 @@ def split_state_key(key: str) -> tuple[str, str, str]:
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
-    """What the store knows of one key: the record's digest and its encoded state value."""
+    """What the store knows of one key: the record's digest, its encoded state value, and the
+    digest of the raw source JSON it came from (``diff.raw_digest``), when known."""
 
     digest: bytes
     value: bytes
+    raw_digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ class StateWrite:
     sourced_id: str
     digest: bytes | None
     value: bytes | None
+    raw_digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,9 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache, whatever the key count
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        if "raw" not in columns:  # a store written by 0.1.0 before the raw digest existed
+            self._db.execute("ALTER TABLE records ADD COLUMN raw BLOB")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -133,10 +140,10 @@ class StateStore:
         for start in range(0, len(sourced_ids), _CHUNK):
             chunk = sourced_ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT sid, digest, value FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - the f-string only inserts '?' marks
+            query = f"SELECT sid, digest, value, raw FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - the f-string only inserts '?' marks
             rows = db.execute(query, (entity, district_id, *chunk))
-            for sid, digest, value in rows:
-                out[sid] = StoredRecord(digest, value)
+            for sid, digest, value, raw in rows:
+                out[sid] = StoredRecord(digest, value, raw)
         return out
 
     def get(self, entity: str, district_id: str, sourced_id: str) -> StoredRecord | None:
@@ -173,20 +180,22 @@ class StateStore:
     def apply(self, writes: Iterable[StateWrite], *, topic: str, offsets: dict[int, int]) -> None:
         """Apply writes and record the offsets they reach, in one SQLite transaction."""
         db = self.db
-        upserts: list[tuple[str, str, str, bytes, bytes]] = []
+        upserts: list[tuple[str, str, str, bytes, bytes, bytes | None]] = []
         deletes: list[tuple[str, str, str]] = []
         for w in writes:
             if w.value is None:
                 deletes.append((w.entity, w.district_id, w.sourced_id))
             else:
                 assert w.digest is not None
-                upserts.append((w.entity, w.district_id, w.sourced_id, w.digest, w.value))
+                upserts.append(
+                    (w.entity, w.district_id, w.sourced_id, w.digest, w.value, w.raw_digest)
+                )
         db.execute("BEGIN")
         try:
             if upserts:
                 db.executemany(
-                    "INSERT OR REPLACE INTO records (entity, district, sid, digest, value) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO records (entity, district, sid, digest, value, raw) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     upserts,
                 )
             if deletes:
@@ -203,6 +212,18 @@ class StateStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def remember_raw_digests(
+        self, entity: str, district_id: str, pairs: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """Note the raw digest of records found unchanged. A local cache hint only (it never
+        changes what the store says a record *is*), so it needs no Kafka commit."""
+        if not pairs:
+            return
+        self.db.executemany(
+            "UPDATE records SET raw = ? WHERE entity = ? AND district = ? AND sid = ?",
+            [(raw, entity, district_id, sid) for sid, raw in pairs],
+        )
 
     def wipe(self) -> None:
         """Forget everything (the state topic was recreated, or a cold restore was asked for)."""
@@ -244,7 +265,7 @@ def write_from_message(key: bytes, value: bytes | None, headers: Any) -> StateWr
     digest = _header(headers, "digest")
     if digest is None:
         raise ValueError(f"state record {key!r} has no digest header")
-    return StateWrite(entity, district, sid, digest, value)
+    return StateWrite(entity, district, sid, digest, value, _header(headers, "raw-digest"))
 
 
 async def restore_from_kafka(

@@ -43,8 +43,8 @@ from producer.avro import DEAD_LETTER, Schemas, body_of, headers
 from producer.checkpoints import Checkpoint, encode_checkpoint, format_cursor, fresh
 from producer.errors import EncodingError, FilterUnsupported, Forbidden, ListingIncomplete
 from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, Version
-from producer.normalise import dump_raw, normalise
-from producer.state import StateStore, StateWrite
+from producer.normalise import dump_raw, normalise, parse_timestamp
+from producer.state import StateStore, StateWrite, StoredRecord
 from producer.topics import TopicNames
 from producer.writer import Batch, OutRecord
 
@@ -300,27 +300,71 @@ class DistrictSync:
         return state.result
 
     async def _page(self, entity: Entity, page: RawPage, state: _Pass, mode: Mode) -> None:
-        result = state.result
-        result.fetched += len(page.records)
-        received: list[CanonicalRecord] = []
-        for raw in page.records:
+        """Normalise, diff and batch one page.
+
+        Fast path: a record whose raw digest (its source JSON without ``dateLastModified``)
+        equals the one stored with its key is the record already stored, at most touched: only
+        its date is read (for the cursor) and the normaliser is skipped.
+        """
+        state.result.fetched += len(page.records)
+        sids = [raw.get("sourcedId") if type(raw) is dict else None for raw in page.records]
+        priors = self._store.get_many(
+            entity, self.district_id, [sid for sid in sids if isinstance(sid, str)]
+        )
+        received: list[tuple[CanonicalRecord, bytes | None]] = []
+        touched: list[tuple[str, bytes]] = []
+        for raw, sid in zip(page.records, sids, strict=True):
+            raw_digest = differ.raw_digest(raw)
+            stored = priors.get(sid) if isinstance(sid, str) else None
+            if (
+                raw_digest is not None
+                and stored is not None
+                and stored.raw_digest == raw_digest
+                and isinstance(sid, str)
+                and sid not in state.seen
+            ):
+                text = raw.get("dateLastModified")
+                moment = parse_timestamp(text) if isinstance(text, str) else None
+                if moment is not None:
+                    state.seen[sid] = stored.digest
+                    self._observe_date(state, sid, moment, mode)
+                    continue
             outcome = normalise(entity, self.district_id, raw)
             if isinstance(outcome, Rejection):
                 self._dead_letter(state, outcome)
             else:
-                received.append(outcome)
-        priors = self._store.get_many(entity, self.district_id, [r.sourced_id for r in received])
-        for record in received:
-            self._record(record, priors, state, mode)
+                received.append((outcome, raw_digest))
+        for record, raw_digest in received:
+            self._record(record, priors, state, mode, raw_digest=raw_digest, touched=touched)
             if state.pending >= self._settings.batch_size:
                 await self._flush(state)
+        self._store.remember_raw_digests(entity, self.district_id, touched)
+
+    def _observe_date(self, state: _Pass, sid: str, moment: datetime, mode: Mode) -> None:
+        """Move the cursor (unless the date is in the future) and notice an ignored filter."""
+        if moment > state.ceiling:
+            if not state.future_warned:
+                state.future_warned = True
+                log.warning(
+                    "sync.future_dated_record",
+                    sourced_id=sid,
+                    date_last_modified=moment.isoformat(),
+                    note="future-dated records do not move the delta cursor",
+                )
+        elif state.cursor is None or moment > state.cursor:
+            state.cursor = moment
+        if mode == "DELTA" and state.ignored_before is not None and moment < state.ignored_before:
+            state.filter_ignored = True
 
     def _record(
         self,
         record: CanonicalRecord,
-        priors: Mapping[str, Any],
+        priors: Mapping[str, StoredRecord],
         state: _Pass,
         mode: Mode,
+        *,
+        raw_digest: bytes | None = None,
+        touched: list[tuple[str, bytes]] | None = None,
     ) -> None:
         new_digest = differ.digest(record.data)
         sid = record.sourced_id
@@ -340,23 +384,13 @@ class DistrictSync:
                 )
             return
         state.seen[sid] = new_digest
-        dlm = record.date_last_modified
-        if dlm > state.ceiling:
-            if not state.future_warned:
-                state.future_warned = True
-                log.warning(
-                    "sync.future_dated_record",
-                    sourced_id=sid,
-                    date_last_modified=record.data.get("dateLastModified"),
-                    note="future-dated records do not move the delta cursor",
-                )
-        elif state.cursor is None or dlm > state.cursor:
-            state.cursor = dlm
-        if mode == "DELTA" and state.ignored_before is not None and dlm < state.ignored_before:
-            state.filter_ignored = True
+        self._observe_date(state, sid, record.date_last_modified, mode)
         stored = priors.get(sid)
         if stored is not None and stored.digest == new_digest:
-            return  # unchanged (at most touched): nothing to write
+            # Unchanged (at most touched): nothing to write; remember its raw form.
+            if raw_digest is not None and touched is not None and stored.raw_digest != raw_digest:
+                touched.append((sid, raw_digest))
+            return
         prior: differ.Prior | None = None
         before_body = None
         if stored is not None:
@@ -365,10 +399,15 @@ class DistrictSync:
         change = differ.diff(record, prior, new_digest=new_digest)
         if change is None:
             return
-        self._emit(state, change, mode, before_body)
+        self._emit(state, change, mode, before_body, raw_digest)
 
     def _emit(
-        self, state: _Pass, change: differ.Change, mode: Mode, before_body: bytes | None
+        self,
+        state: _Pass,
+        change: differ.Change,
+        mode: Mode,
+        before_body: bytes | None,
+        raw_digest: bytes | None = None,
     ) -> None:
         source = differ.SourceInfo(
             version=self._source.version or "",
@@ -406,6 +445,7 @@ class DistrictSync:
                     change.sourced_id,
                     change.digest,
                     encoded.state,
+                    raw_digest,
                 )
             )
             if change.op == "CREATED":
