@@ -175,7 +175,20 @@ def event_id(
             date_last_modified,
         )
     )
-    return str(uuid.uuid5(_EVENT_NS, name))
+    return _uuid5(name)
+
+
+_EVENT_NS_BYTES: Final = _EVENT_NS.bytes
+
+
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(_EVENT_NS, name))``, without building a ``UUID`` object (the hot path
+    of every change): SHA-1 of namespace + name, version 5 and RFC 4122 variant bits set."""
+    b = bytearray(hashlib.sha1(_EVENT_NS_BYTES + name.encode()).digest()[:16])  # noqa: S324 - UUID5 is SHA-1 by definition
+    b[6] = (b[6] & 0x0F) | 0x50
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _has_value(value: Any) -> bool:
