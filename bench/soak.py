@@ -271,7 +271,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - o
         )
         log_file = (workdir / "daemon.log").open("wb")
         cmd = [sys.executable, "-m", "producer", "--config", str(config)]
-        cmd += ["--log-format", "json", "--log-level", "WARNING", "run"]
+        cmd += ["--log-format", "json", "--log-level", args.log_level, "run"]
         daemon = subprocess.Popen(  # noqa: ASYNC220 - returns at once; polled, never awaited
             cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT
         )
@@ -318,11 +318,15 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - o
             stop_started = time.monotonic()
             if daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
-            try:
-                code = daemon.wait(timeout=90)
-            except subprocess.TimeoutExpired:
+            # Wait without blocking the loop: the simulator in this process must keep answering
+            # the daemon's in-flight polls during its graceful shutdown.
+            for _ in range(900):
+                if daemon.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
                 daemon.kill()
-                code = daemon.wait()
+            code = daemon.wait()
             shutdown_seconds = time.monotonic() - stop_started
             log_file.close()
 
@@ -380,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=5.0, help="sampling interval, seconds")
     parser.add_argument("--settle", type=float, default=300.0, help="max catch-up wait, seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--log-level", default="WARNING", help="the daemon's log level")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     parser.add_argument(
