@@ -199,16 +199,19 @@ def _tree(leaves: list[Filter], joins: list[bool]) -> Filter:
 def test_combined_filters_are_one_operator_or_filter_error(
     values: list[str], joins: list[bool]
 ) -> None:
-    """Any chain of & and |: a filter joined by one operator only, or FilterError."""
-    leaves = [predicate("f", "=", v) for v in values]
+    """Any chain of & and |: a filter of every predicate joined by the one operator used, or
+    FilterError exactly when both operators were used."""
+    leaves = [predicate("f", "=", v) for v in values][: len(joins) + 1]
+    used = set(joins[: len(leaves) - 1])
     try:
         combined = _tree(leaves, joins)
     except FilterError:
-        assert len(set(joins[: len(values) - 1])) == 2
+        assert len(used) == 2
         return
-    text = str(combined)
-    assert not (" AND " in text and " OR " in text and len(set(values)) == len(values))
-    assert encode_query([("filter", text)]).startswith("filter=")
+    assert len(used) < 2
+    assert combined.clauses == tuple(str(leaf) for leaf in leaves)
+    assert combined.joiner == (None if not used else ("AND" if True in used else "OR"))
+    assert encode_query([("filter", str(combined))]).startswith("filter=")
 
 
 @FUZZ
