@@ -28,8 +28,16 @@ def rss() -> int:
 
 
 def peak() -> int:
-    """Peak resident set size so far, in bytes."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process image so far, in bytes.
+
+    ``VmHWM``, not ``getrusage``'s ``ru_maxrss``: Linux carries ``ru_maxrss`` across
+    ``execve``, so a child of a large parent would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 async def memory(config_path: Path, district_id: str | None) -> dict[str, object]:
