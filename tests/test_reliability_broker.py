@@ -78,7 +78,7 @@ async def test_broker_killed_mid_sync_then_restarted_loses_and_duplicates_nothin
             bootstrap=broker.bootstrap,
             prefix=unique_prefix,
             state_dir=tmp_path / "state",
-            sync={"batch_size": 8, "full_sync_interval": "5s"},
+            sync={"batch_size": 5, "full_sync_interval": "5s"},
             district_overrides={"page_size": 10, "concurrency": 2},
         )
         config = write_config(tmp_path / "broker.toml", doc)
@@ -91,7 +91,7 @@ async def test_broker_killed_mid_sync_then_restarted_loses_and_duplicates_nothin
                 lambda: _status_is(url, 200), within=90, message="/readyz never became 200"
             )
             await daemon.wait_log("poll.started", within=60)
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(0.5)
             assert mid_poll(daemon), "the snapshot poll had already ended; no mid-sync kill"
             await broker.kill()
             down = await eventually(

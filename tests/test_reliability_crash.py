@@ -1,7 +1,7 @@
 """Crash safety: the daemon killed with SIGKILL at seeded random points, restarted each time.
 
 The daemon (``oneroster-cdc run``) runs as a subprocess against simulated districts served by
-this test process. Across a snapshot and several delta rounds (with updates, creations,
+this test process. Across a snapshot and two delta rounds (with updates, creations,
 ``tobedeleted`` records and hard deletes that only full syncs see) it is killed at least 20
 times, at random moments drawn from a seeded generator: some while it starts (restoring its
 state, fencing its previous incarnation), most while it syncs. After each round the test waits
@@ -37,18 +37,18 @@ from tests.reliability_helpers import DaemonProcess, config_document, eventually
 pytestmark = pytest.mark.integration
 
 SEED = 20261128
-#: SIGKILLs per round: the snapshot, then three delta rounds with mutations.
-KILLS_PER_ROUND = (8, 5, 5, 4)
+#: SIGKILLs per round: the snapshot, then two delta rounds with mutations.
+KILLS_PER_ROUND = (8, 6, 6)
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    """A 1.2 (OAuth2) district of 40 students and a tiny 1.1 (OAuth1) one; every answer is
+    """A 1.2 (OAuth2) district of 30 students and a tiny 1.1 (OAuth1) one; every answer is
     delayed a little so that a snapshot spans several seconds of paging."""
-    slow = Faults(rate=1.0, kinds=("latency",), latency=0.03, seed=1)
+    slow = Faults(rate=1.0, kinds=("latency",), latency=0.04, seed=1)
     simulator = Simulator(
         [
-            DistrictSpec(id="crash12", version="1.2", size=40, seed=11, faults=slow),
+            DistrictSpec(id="crash12", version="1.2", size=30, seed=11, faults=slow),
             DistrictSpec(id="crash11", version="1.1", size="tiny", seed=12, faults=slow),
         ]
     )
@@ -100,7 +100,7 @@ async def caught_up(bootstrap: str, prefix: str, sim: Simulator) -> bool:
 async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
     sim: Simulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
 ) -> None:
-    """At least 20 SIGKILLs at seeded random points of a snapshot and three delta rounds
+    """20 SIGKILLs at seeded random points of a snapshot and two delta rounds
     (restart after each): the committed events hold every truth change exactly once, nothing
     spurious, no protocol violation, and the final committed state equals the truth."""
     rng = random.Random(SEED)
@@ -111,7 +111,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
         state_dir=tmp_path / "state",
         sync={
             "batch_size": 8,
-            "full_sync_interval": "5s",
+            "full_sync_interval": "3s",  # most first polls after a restart are full listings
             "mass_delete_threshold": 0.5,
         },
         district_overrides={"page_size": 10, "concurrency": 2, "max_retries": 3},
@@ -135,7 +135,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
                 else:
                     # Inside a poll: the first one of this incarnation, at a random moment.
                     await daemon.wait_log("poll.started", within=90)
-                    delay = rng.uniform(0.0, 1.5)
+                    delay = rng.uniform(0.0, 1.0)
                     await asyncio.sleep(delay)
                     where = "running"
                 assert daemon.running(), (
@@ -160,7 +160,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
 
     assert daemon.kills == sum(KILLS_PER_ROUND) >= 20
     mid_poll = [k for k in kill_points if "mid-poll" in k]
-    assert len(mid_poll) >= 8, f"too few kills landed inside a poll: {kill_points}"
+    assert len(mid_poll) >= 6, f"too few kills landed inside a poll: {kill_points}"
     rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
     result = compare_with_truth(rebuilt, snapshots)
     assert result.clean, result.describe()

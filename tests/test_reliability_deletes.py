@@ -24,6 +24,7 @@ from tests.reliability_helpers import (
     eventually,
     http_get,
     run_cli,
+    wait_exit,
     write_config,
 )
 
@@ -197,7 +198,8 @@ async def test_confirm_deletes_while_the_daemon_runs_applies_them_exactly_once(
         assert confirmed.returncode == 0, confirmed.stderr[-3000:]
         assert f"{len(gone)} applied" in confirmed.stdout
         await daemon.wait_log("daemon.fenced", within=60)
-        assert await daemon.terminate() == 1
+        assert daemon.proc is not None
+        assert await wait_exit(daemon.proc, 60) == 1  # it stops by itself
         daemon.start()
         await daemon.wait_log("poll.finished", within=90, where=lambda x: x.get("full") is True)
         assert await daemon.terminate() == 0
