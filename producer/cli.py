@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -95,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        # The work is over and its exit code decided: a late SIGTERM (while the interpreter
+        # winds down) must not turn it into "killed by signal".
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _config(args: argparse.Namespace) -> Config:

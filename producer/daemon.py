@@ -130,9 +130,8 @@ class Daemon:
                 uptime_seconds=round(time.monotonic() - started, 1),
                 fenced=self._fenced,
             )
-        if install_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+        # The signal handlers stay until the loop closes (asyncio removes them then): a signal
+        # during the loop's own teardown still finds a handler.
         return 1 if self._fenced else 0
 
     async def _start_service(self, stack: AsyncExitStack) -> bool:

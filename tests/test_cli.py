@@ -301,3 +301,31 @@ async def test_demo_brings_events_to_kafka(
     assert " CREATED " in text
     assert " UPDATED users " in text, text[-2000:]
     assert "demo: done: created=" in text
+
+
+def test_command_of_skips_global_options() -> None:
+    """The early signal handler finds the sub-command after global options and their values."""
+    from producer.launch import command_of  # noqa: PLC0415
+
+    assert command_of(["--config", "run", "--log-level", "INFO", "sync", "--all"]) == "sync"
+    assert command_of(["--log-format=json", "run"]) == "run"
+    assert command_of(["--help"]) is None
+
+
+def test_sigterm_while_the_daemon_is_still_loading_exits_0(tmp_path: Path) -> None:
+    """A SIGTERM soon after start (while the program loads, or while the daemon waits for an
+    unreachable broker) ends `run` with exit 0, never "killed by signal"."""
+    import subprocess  # noqa: PLC0415
+
+    config = tmp_path / "c.toml"
+    config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:1"\n[http]\nenabled = false\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer", "--config", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
