@@ -150,6 +150,11 @@ class _Pass:
     #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
     seen: dict[str, bytes] = field(default_factory=dict)
     filter_ignored: bool = False
+    #: The checkpoint as last committed in this pass (or before it): progress counters advance
+    #: with every batch, the cursor only with the last.
+    cp: Checkpoint | None = None
+    #: (created, updated, deleted, rejected) already counted in a committed checkpoint.
+    counted: tuple[int, int, int, int] = (0, 0, 0, 0)
     #: Records dated after this do not move the cursor (see ``_run``).
     ceiling: datetime = field(default_factory=lambda: _LATEST)
     #: A delta record older than this means the server ignored the filter.
@@ -279,6 +284,7 @@ class DistrictSync:
             since,
             cursor,
             ceiling=ceiling,
+            cp=cp,
             ignored_before=None
             if since is None
             else max(since, _EARLIEST + _FILTER_TOLERANCE) - _FILTER_TOLERANCE,
@@ -487,9 +493,33 @@ class DistrictSync:
             "sync.record_rejected", sourced_id=rejection.sourced_id, reason=rejection.reason
         )
 
-    async def _flush(self, state: _Pass) -> None:
+    async def _flush(self, state: _Pass, **final: Any) -> None:
+        """Commit the pending batch with a checkpoint that counts what it holds (the cursor and
+        sync times change only through ``final``, in the pass's last batch), then record that
+        checkpoint as committed."""
         batch, state.batch, state.pending = state.batch, Batch(), 0
+        assert state.cp is not None
+        r = state.result
+        done = (r.created, r.updated, r.deleted, r.rejected)
+        created, updated, deleted, rejected = (
+            a - b for a, b in zip(done, state.counted, strict=True)
+        )
+        if batch.empty and not final:
+            return
+        cp = state.cp.replace(
+            record_count=self._store.count(r.entity, self.district_id)
+            + _net_new(self._store, r.entity, self.district_id, batch.state),
+            created_count=state.cp.created_count + created,
+            updated_count=state.cp.updated_count + updated,
+            deleted_count=state.cp.deleted_count + deleted,
+            rejected_count=state.cp.rejected_count + rejected,
+            last_sync_id=r.sync_id,
+            **final,
+        )
+        batch.checkpoint = encode_checkpoint(self._schemas, self._topics.checkpoints, cp)
         await self._sink.commit(batch)
+        state.cp, state.counted = cp, done
+        self._book.put(cp)
 
     async def _absent(
         self, entity: Entity, state: _Pass, cp: Checkpoint, confirm_deletes: bool
@@ -552,28 +582,19 @@ class DistrictSync:
         return dict(await asyncio.gather(*(one(sid) for sid in sourced_ids)))
 
     async def _finish(self, entity: Entity, state: _Pass, cp: Checkpoint, mode: Mode) -> None:
-        """The pass's last transaction: whatever is pending, plus the checkpoint."""
+        """The pass's last transaction: whatever is pending, plus the checkpoint with the new
+        cursor and sync time."""
         result = state.result
         now = self._clock()
         cursor = format_cursor(state.cursor) if state.cursor is not None else cp.cursor
         result.cursor = cursor
-        batch = state.batch
-        count = self._store.count(entity, self.district_id)
-        updated = cp.replace(
+        await self._flush(
+            state,
             cursor=cursor,
-            last_sync_id=result.sync_id,
-            record_count=count + _net_new(self._store, entity, self.district_id, batch.state),
-            created_count=cp.created_count + result.created,
-            updated_count=cp.updated_count + result.updated,
-            deleted_count=cp.deleted_count + result.deleted,
-            rejected_count=cp.rejected_count + result.rejected,
             held_deletes=result.held_deletes if mode == "FULL" else cp.held_deletes,
+            delta_supported=cp.delta_supported,
             **({"last_full_sync_at": now} if mode == "FULL" else {"last_delta_sync_at": now}),
         )
-        batch.checkpoint = encode_checkpoint(self._schemas, self._topics.checkpoints, updated)
-        state.batch, state.pending = Batch(), 0
-        await self._sink.commit(batch)
-        self._book.put(updated)
 
 
 def _net_new(store: StateStore, entity: str, district_id: str, writes: Sequence[StateWrite]) -> int:

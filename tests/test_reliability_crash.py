@@ -169,12 +169,6 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
     assert rebuilt.ops["UPDATED"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: checkpoint counters (created_count ...) are written only in an entity pass's "
-    "last transaction, so events committed by batches before a crash are never counted "
-    "(producer/sync.py _finish adds only this pass's result to the committed checkpoint)",
-)
 @pytest.mark.timeout(120)
 async def test_checkpoint_counts_match_committed_events_after_an_interrupted_pass(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
