@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -186,6 +187,35 @@ def _level_number(level: str | int) -> int:
 _HANDLER_MARK: Final = "_oneroster_cdc_handler"
 
 
+class RepeatFilter(logging.Filter):
+    """Lets a library's repeated log line through once per ``window`` seconds.
+
+    aiokafka logs every failed connection attempt (about fifteen lines a second while a broker is
+    down); one line per message template and logger per window says the same. The line that
+    ends a quiet spell carries ``suppressed=N``, how many repeats were dropped before it.
+    """
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window = window
+        self._clock = clock
+        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        now = self._clock()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self._window:
+            self._last[key] = (seen[0], seen[1] + 1)
+            return False
+        if seen is not None and seen[1]:
+            record.suppressed = seen[1]
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return True
+
+
 def configure_logging(
     format: LogFormat = "auto",
     level: str | int = "INFO",
@@ -225,6 +255,7 @@ def configure_logging(
 
     handler = logging.StreamHandler(out)
     setattr(handler, _HANDLER_MARK, True)
+    handler.addFilter(RepeatFilter())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

@@ -179,3 +179,36 @@ def test_unknown_level_refused():
     """An unknown level name is a ValueError naming the allowed levels."""
     with pytest.raises(ValueError, match="allowed"):
         configure_logging("json", "LOUD", stream=io.StringIO())
+
+
+def test_repeated_library_lines_are_let_through_once_per_window() -> None:
+    """A library line repeated many times within the window is written once; the first line
+    after the window says how many repeats were dropped."""
+    import io  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from producer.logs import RepeatFilter  # noqa: PLC0415
+
+    now = [0.0]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        logging.Formatter("%(message)s %(suppressed)s", defaults={"suppressed": 0})
+    )
+    handler.addFilter(RepeatFilter(window=10.0, clock=lambda: now[0]))
+    logger = logging.getLogger("tests.repeat")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for _ in range(15):
+            logger.error("Unable connect to node with id %s", 1)
+        logger.error("another message")
+        now[0] = 11.0
+        logger.error("Unable connect to node with id %s", 1)
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().splitlines() == [
+        "Unable connect to node with id 1 0",
+        "another message 0",
+        "Unable connect to node with id 1 14",
+    ]
