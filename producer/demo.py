@@ -147,12 +147,17 @@ async def run_demo(args: argparse.Namespace, *, config_path: Path | None) -> int
     config = load_config(config_path or DEMO_CONFIG, os.environ)
     register_secrets(config.secrets())
     started_kafka = False
+    # A broker we start listens where the config expects one.
+    port = config.kafka.bootstrap_servers[0].rpartition(":")[2]
+    kafka_env = {**os.environ, "KAFKA_PORT": port}
     if not await _broker_answers(config):
         if not KAFKA_SCRIPT.exists():
             print("demo: no broker answers and scripts/kafka is not here", file=sys.stderr)
             return 1
         print("demo: starting a local Kafka broker (scripts/kafka start) ...", flush=True)
-        await asyncio.to_thread(subprocess.run, [str(KAFKA_SCRIPT), "start"], check=True)
+        await asyncio.to_thread(
+            subprocess.run, [str(KAFKA_SCRIPT), "start"], check=True, env=kafka_env
+        )
         started_kafka = True
     sim = Simulator(demo_districts())
     counts: Counter[str] = Counter()
@@ -187,7 +192,9 @@ async def run_demo(args: argparse.Namespace, *, config_path: Path | None) -> int
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         if started_kafka:
-            await asyncio.to_thread(subprocess.run, [str(KAFKA_SCRIPT), "stop"], check=False)
+            await asyncio.to_thread(
+                subprocess.run, [str(KAFKA_SCRIPT), "stop"], check=False, env=kafka_env
+            )
     print(
         f"demo: done: created={counts['CREATED']} updated={counts['UPDATED']} "
         f"deleted={counts['DELETED']}",
