@@ -78,7 +78,7 @@ async def http_ceiling(
                 int(total) if total is not None else None
             )
 
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         for entity in entities:
             n, total = await get(entity, 0)
             records += n
@@ -93,7 +93,8 @@ async def http_ceiling(
 
             records += sum(await asyncio.gather(*(worker() for _ in range(concurrency))))
         seconds = time.monotonic() - started
-    return Figure(records, seconds, {"pages": pages})
+        cpu = time.process_time() - cpu
+    return Figure(records, seconds, {"pages": pages, "cpu_share": cpu / seconds})
 
 
 async def partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

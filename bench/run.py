@@ -306,6 +306,7 @@ async def _http(run: _Run) -> None:
         "rate": best.rate,
         "runs": [r.rate for r in runs],
         "pages": best.extra["pages"],
+        "cpu_share": best.extra["cpu_share"],
         "page_size": dcfg.page_size,
         "concurrency": dcfg.concurrency,
     }
@@ -575,7 +576,10 @@ def markdown(report: dict[str, Any]) -> str:
     def row(name: str, figure: str, ceiling: str = "", rat: float | None = None) -> None:
         lines.append(f"| {name} | {figure} | {ceiling} | {_f(rat, 2) if rat is not None else ''} |")
 
-    row("1a HTTP ceiling (aiohttp+orjson)", f"{_f(get('http', 'rate'))} records/s")
+    row(
+        "1a HTTP ceiling (aiohttp+orjson)",
+        f"{_f(get('http', 'rate'))} records/s, client CPU {_f(get('http', 'cpu_share'), 2)} core",
+    )
     row(
         "1b aiokafka transactional produce",
         f"{_f(get('produce_aiokafka', 'rate'))} msgs/s = "
@@ -604,13 +608,14 @@ def markdown(report: dict[str, Any]) -> str:
     ceiling = [x for x in (get("http", "rate"), get("produce_aiokafka", "records_rate")) if x]
     row(
         "2 snapshot (full first sync)",
-        f"{_f(get('snapshot', 'rate'))} records/s ({_f(get('snapshot', 'seconds'), 1)} s)",
+        f"{_f(get('snapshot', 'rate'))} records/s ({_f(get('snapshot', 'seconds'), 1)} s, "
+        f"CPU {_f(get('snapshot', 'cpu_share'), 2)} core)",
         f"min(HTTP, produce) {_f(min(ceiling) if ceiling else None)}",
         ratio(get("snapshot", "rate"), min(ceiling) if ceiling else None),
     )
     row(
         "3 no-change full re-read",
-        f"{_f(get('nochange', 'rate'))} records/s",
+        f"{_f(get('nochange', 'rate'))} records/s (CPU {_f(get('nochange', 'cpu_share'), 2)} core)",
         f"HTTP {_f(get('http', 'rate'))}",
         ratio(get("nochange", "rate"), get("http", "rate")),
     )
