@@ -202,7 +202,8 @@ class Service:
             self._store, topic=self.topics.state, consumer_config=consumer_cfg
         )
         self.restored = True
-        self.metrics.state_keys(self._store.count())
+        keys = self._store.count()
+        self.metrics.state_keys(keys)
         # 5.
         self.book = CheckpointBook(
             await load_checkpoints(
@@ -217,7 +218,7 @@ class Service:
         log.info(
             "service.started",
             transactional_id=kafka.transactional_id,
-            state_keys=self._store.count(),
+            state_keys=keys,
             restored=stats.records,
             restore_seconds=round(stats.seconds, 3),
             districts=len(self._sources),

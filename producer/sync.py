@@ -10,10 +10,12 @@ enrollments, demographics):
   against the state store; a change becomes an event (DELETED followed by a tombstone) and a
   state write. Batches of ``batch_size`` records commit in their own transaction.
 - **Cursor.** The highest ``dateLastModified`` seen is written, with the counts, in the
-  checkpoint of the last transaction of the pass, and only when the listing completed: a cursor
-  never runs ahead of committed data, and a failed pass is redone from the committed cursor
-  (the differ makes the re-read idempotent). A record dated more than ``max(overlap, 10 min)``
-  past the local clock is processed but does not move the cursor (it is logged once per pass).
+  checkpoint of the last transaction of the pass, and only when the listing completed (an idle
+  delta that wrote nothing and left the cursor alone commits nothing, except to refresh
+  ``last_delta_sync_at`` every 10 minutes): a cursor never runs ahead of committed data, and a
+  failed pass is redone from the committed cursor (the differ makes the re-read idempotent).
+  A record dated more than ``max(overlap, 10 min)`` past the local clock is processed but does
+  not move the cursor (it is logged once per pass).
 - **Hard deletes.** A FULL pass whose listing completed deletes the keys the store holds but the
   listing lacked (``absent_from_full_sync``), each confirmed first by a single-record GET that
   answers 404 (a record that slid out of an offset-paged listing while the source changed is
@@ -62,6 +64,10 @@ MAX_RAW_BYTES = 256 * 1024
 _FUTURE_ALLOWANCE = timedelta(minutes=10)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
+#: An idle delta pass (nothing written, cursor unchanged) commits no checkpoint unless the last
+#: one is older than this: a thousand quiet districts would otherwise commit a transaction per
+#: entity per poll just to say so.
+_IDLE_CHECKPOINT_EVERY = timedelta(minutes=10)
 #: Concurrent single-record GETs that confirm a full sync's candidate deletes.
 _VERIFY_CONCURRENCY = 4
 
@@ -588,6 +594,15 @@ class DistrictSync:
         now = self._clock()
         cursor = format_cursor(state.cursor) if state.cursor is not None else cp.cursor
         result.cursor = cursor
+        if (
+            mode == "DELTA"
+            and state.batch.empty
+            and cursor == cp.cursor
+            and state.cp == cp
+            and cp.last_delta_sync_at is not None
+            and now - cp.last_delta_sync_at < _IDLE_CHECKPOINT_EVERY
+        ):
+            return  # an idle delta: nothing to commit (its time is recorded every few minutes)
         await self._flush(
             state,
             cursor=cursor,

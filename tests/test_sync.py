@@ -17,7 +17,7 @@ from producer.config import ClassLinkConfig
 from producer.model import Secret
 from producer.service import Service
 from producer.simulator import DistrictSpec, Faults, Simulator
-from tests.checker import ENTITIES, rebuild
+from tests.checker import ENTITIES, read_all, rebuild
 from tests.harness import make_config
 
 pytestmark = pytest.mark.integration
@@ -86,9 +86,13 @@ async def test_snapshot_deltas_and_full_sync_match_the_truth_exactly_once(
             sim, "d12", "enrollments"
         )
 
+        checkpoints = f"{unique_prefix}.checkpoints"
+        written = len(await read_all(kafka_bootstrap, checkpoints))
         await service.sync("d12")  # nothing changed: the overlap re-reads, nothing is emitted
         idle = await rebuild(kafka_bootstrap, unique_prefix)
         assert idle.ops == after_delta.ops
+        # ... and an idle delta commits no checkpoint either (the last one is minutes old).
+        assert len(await read_all(kafka_bootstrap, checkpoints)) == written
 
         results = await service.sync("d12", full=True)
         assert {r.mode for r in results} == {"FULL"}
