@@ -80,6 +80,14 @@ class StoredRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredDigest:
+    """The digests the store holds for one key (``StoredRecord`` without the value)."""
+
+    digest: bytes
+    raw_digest: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StateWrite:
     """One change to apply to the store: an upsert, or a delete when ``value`` is ``None``."""
 
@@ -144,6 +152,21 @@ class StateStore:
             rows = db.execute(query, (entity, district_id, *chunk))
             for sid, digest, value, raw in rows:
                 out[sid] = StoredRecord(digest, value, raw)
+        return out
+
+    def digests(
+        self, entity: str, district_id: str, sourced_ids: Sequence[str]
+    ) -> dict[str, StoredDigest]:
+        """Digest and raw digest of those sourcedIds that the store has, without the encoded
+        records (a re-read compares digests; only a changed record needs its value)."""
+        out: dict[str, StoredDigest] = {}
+        db = self.db
+        for start in range(0, len(sourced_ids), _CHUNK):
+            chunk = sourced_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT sid, digest, raw FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - the f-string only inserts '?' marks
+            for sid, digest, raw in db.execute(query, (entity, district_id, *chunk)):
+                out[sid] = StoredDigest(digest, raw)
         return out
 
     def get(self, entity: str, district_id: str, sourced_id: str) -> StoredRecord | None:

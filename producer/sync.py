@@ -46,7 +46,7 @@ from producer.checkpoints import Checkpoint, encode_checkpoint, format_cursor, f
 from producer.errors import EncodingError, FilterUnsupported, Forbidden, ListingIncomplete
 from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, Version
 from producer.normalise import dump_raw, normalise, parse_timestamp
-from producer.state import StateStore, StateWrite, StoredRecord
+from producer.state import StateStore, StateWrite, StoredDigest
 from producer.topics import TopicNames
 from producer.writer import Batch, OutRecord
 
@@ -320,7 +320,7 @@ class DistrictSync:
         """
         state.result.fetched += len(page.records)
         sids = [raw.get("sourcedId") if type(raw) is dict else None for raw in page.records]
-        priors = self._store.get_many(
+        priors = self._store.digests(
             entity, self.district_id, [sid for sid in sids if isinstance(sid, str)]
         )
         received: list[tuple[CanonicalRecord, bytes | None]] = []
@@ -371,7 +371,7 @@ class DistrictSync:
     def _record(
         self,
         record: CanonicalRecord,
-        priors: Mapping[str, StoredRecord],
+        priors: Mapping[str, StoredDigest],
         state: _Pass,
         mode: Mode,
         *,
@@ -405,9 +405,10 @@ class DistrictSync:
             return
         prior: differ.Prior | None = None
         before_body = None
-        if stored is not None:
-            prior = (stored.digest, self._schemas.decode(stored.value).value)
-            before_body = body_of(stored.value)
+        full = self._store.get(record.entity, self.district_id, sid) if stored else None
+        if full is not None:
+            prior = (full.digest, self._schemas.decode(full.value).value)
+            before_body = body_of(full.value)
         change = differ.diff(record, prior, new_digest=new_digest)
         if change is None:
             return
@@ -573,8 +574,9 @@ class DistrictSync:
                 data = self._schemas.decode(prior.value).value
                 change = differ.absent(entity, self.district_id, sid, (prior.digest, data))
                 self._emit(state, change, "FULL", body_of(prior.value))
+            known = self._store.digests(entity, self.district_id, [r.sourced_id for r in present])
             for record in present:
-                self._record(record, stored, state, "FULL")
+                self._record(record, known, state, "FULL")
             await self._flush(state)
 
     async def _verify(self, entity: Entity, sourced_ids: Sequence[str]) -> dict[str, Any]:
