@@ -296,7 +296,7 @@ async def restore_from_kafka(
     *,
     topic: str,
     consumer_config: dict[str, Any],
-    batch_records: int = 5000,
+    batch_records: int = 20000,
     max_seconds: float = 600.0,
 ) -> RestoreStats:
     """Bring ``store`` up to the committed end of ``topic``; return what was applied.
@@ -317,6 +317,7 @@ async def restore_from_kafka(
         fetch_max_bytes=32 * 1024 * 1024,
     )
     applied = 0
+    writing: asyncio.Future[None] | None = None
     try:
         await consumer.start()
         tps = await topic_partitions(consumer, topic)
@@ -324,6 +325,7 @@ async def restore_from_kafka(
         end = await consumer.end_offsets(tps)  # 1.
         cold = await _seek(consumer, store, topic, end)  # 2. and 3.
         pending = {tp for tp in tps if (await consumer.position(tp)) < end[tp]}
+        # While one batch is written to SQLite (in a thread), the next is fetched.
         async with asyncio.timeout(max_seconds):
             while pending:  # 4.
                 batch = await consumer.getmany(*pending, timeout_ms=500, max_records=batch_records)
@@ -338,13 +340,22 @@ async def restore_from_kafka(
                     offsets[tp.partition] = position = await consumer.position(tp)
                     if position >= end[tp]:
                         pending.discard(tp)
-                store.apply(writes, topic=topic, offsets=offsets)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(
+                    asyncio.to_thread(store.apply, writes, topic=topic, offsets=offsets)
+                )
                 applied += len(writes)
+            if writing is not None:
+                await writing
     except TimeoutError as exc:
         raise BrokerUnavailable(f"state restore from {topic} took over {max_seconds}s") from exc
     except KafkaError as exc:
         raise BrokerUnavailable(f"state restore from {topic} failed: {exc}") from exc
     finally:
+        if writing is not None and not writing.done():
+            # Never leave a write running against a store the caller may close next.
+            await asyncio.gather(writing, return_exceptions=True)
         await consumer.stop()
     stats = RestoreStats(applied, time.monotonic() - started, cold)
     log.info("state_restored", topic=topic, records=applied, seconds=round(stats.seconds, 3))
