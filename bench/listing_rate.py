@@ -29,23 +29,11 @@ from producer.model import Entity, Secret
 from producer.retry import RetryPolicy
 from producer.simulator import DistrictSpec, Faults, Simulator
 from producer.simulator.data import Dataset
+from producer.simulator.faults import RANDOM_KINDS
 
 #: Every random fault kind except ``shift_offsets`` (a real data change: a listing that sees it
 #: is rightly marked incomplete, and "exactly once" no longer applies).
-FAULT_KINDS = (
-    "rate_limit",
-    "rate_limit_date",
-    "server_error",
-    "bad_gateway",
-    "unavailable",
-    "latency",
-    "hang",
-    "reset",
-    "truncated_json",
-    "html_error",
-    "error_envelope",
-    "token_expired",
-)
+FAULT_KINDS = tuple(sorted(RANDOM_KINDS - {"shift_offsets"}))
 
 
 def serve(args: argparse.Namespace, conn: Connection) -> None:
