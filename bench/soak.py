@@ -48,7 +48,6 @@ if str(REPO) not in sys.path:  # run as a script: make `producer` and `tests` im
     sys.path.insert(0, str(REPO))
 
 from producer.simulator import DistrictSpec, Simulator  # noqa: E402
-from producer.simulator.auth import ALL_SCOPES  # noqa: E402
 from tests.checker import ENTITIES, rebuild  # noqa: E402
 
 PAGE = 4096
@@ -107,22 +106,13 @@ def write_config(
     table("state", {"dir": str(path.parent / "state")})
     table("http", {"listen": f"127.0.0.1:{http_port}"})
     for d in sim.districts:
-        spec = d.spec
         entry: dict[str, Any] = {
-            "id": spec.id,
-            "base_url": d.base_url,
-            "version": spec.version,
-            "auth": spec.auth_method,
-            "client_id": spec.client_id,
-            "client_secret": spec.client_secret,
+            **d.producer_entry(),
             "page_size": 100,
             "concurrency": 2,
             "request_timeout": "10s",
             "max_retries": 3,
         }
-        if spec.auth_method == "oauth2":
-            entry["token_url"] = d.token_url
-            entry["scopes"] = list(ALL_SCOPES)
         sections.append(
             "[[districts]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in entry.items())
         )

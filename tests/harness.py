@@ -7,29 +7,13 @@ from typing import Any
 
 from producer.config import Config, config_from_mapping
 from producer.simulator import Simulator
-from producer.simulator.auth import ALL_SCOPES
 
 
 def district_entry(sim: Simulator, district_id: str, **overrides: Any) -> dict[str, Any]:
     """The ``[[districts]]`` table of one simulated district."""
-    d = sim.district(district_id)
-    spec = d.spec
-    entry: dict[str, Any] = {
-        "id": district_id,
-        "base_url": d.base_url,
-        "version": spec.version,
-        "auth": spec.auth_method,
-        "client_id": spec.client_id,
-        "client_secret": spec.client_secret,
-        "page_size": 100,
-        "concurrency": 4,
-        "request_timeout": "5s",
-        "max_retries": 8,
-    }
-    if spec.auth_method == "oauth2":
-        entry["token_url"] = d.token_url
-        entry["scopes"] = list(ALL_SCOPES)
-    return {**entry, **overrides}
+    entry = sim.district(district_id).producer_entry()
+    tuning = {"page_size": 100, "concurrency": 4, "request_timeout": "5s", "max_retries": 8}
+    return {**entry, **tuning, **overrides}
 
 
 def make_config(

@@ -81,8 +81,9 @@ def specs_from_args(args: argparse.Namespace) -> list[DistrictSpec]:
     return specs
 
 
-def _q(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
+def _q(value: object) -> str:
+    # A JSON string, number or string array is valid TOML.
+    return json.dumps(value)
 
 
 def config_toml(sim: Simulator) -> str:
@@ -108,27 +109,14 @@ def config_toml(sim: Simulator) -> str:
         'listen = "127.0.0.1:8080"',
     ]
     for d in sim.districts:
-        spec = d.spec
-        lines += [
-            "",
-            "[[districts]]",
-            f"id = {_q(d.id)}",
-            f"base_url = {_q(d.base_url)}",
-            f"version = {_q(spec.version)}",
-            f"auth = {_q(spec.auth_method)}",
-            f"client_id = {_q(spec.client_id)}",
-            f"client_secret = {_q(spec.client_secret)}",
-            f"page_size = {min(1000, spec.max_page_size)}",
-            "concurrency = 4",
-        ]
-        if spec.auth_method == "oauth2":
-            lines += [
-                f"token_url = {_q(d.token_url)}",
-                'token_auth = "basic"',
-                f"scopes = [{_q(SCOPE_CORE)}, {_q(SCOPE_DEMOGRAPHICS)}]",
-            ]
+        entry = d.producer_entry(scopes=(SCOPE_CORE, SCOPE_DEMOGRAPHICS))
+        entry["page_size"] = min(1000, d.spec.max_page_size)
+        entry["concurrency"] = 4
+        if d.spec.auth_method == "oauth2":
+            entry["token_auth"] = "basic"  # noqa: S105 - a mode name, not a password
         else:
-            lines.append('signature_method = "HMAC-SHA256"')
+            entry["signature_method"] = "HMAC-SHA256"
+        lines += ["", "[[districts]]", *(f"{key} = {_q(value)}" for key, value in entry.items())]
     return "\n".join(lines) + "\n"
 
 

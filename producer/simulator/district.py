@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -130,6 +130,24 @@ class District:
     def token_url(self) -> str:
         """The OAuth 2.0 token endpoint."""
         return f"{self.base_url}/oauth/token"
+
+    def producer_entry(self, scopes: Sequence[str] = ALL_SCOPES) -> dict[str, Any]:
+        """The producer's ``[[districts]]`` table for this district: where it is and how to
+        authenticate (OAuth 2.0 districts also get the token URL and ``scopes``). Callers add
+        tuning keys such as ``page_size``."""
+        spec = self.spec
+        entry: dict[str, Any] = {
+            "id": self.id,
+            "base_url": self.base_url,
+            "version": spec.version,
+            "auth": spec.auth_method,
+            "client_id": spec.client_id,
+            "client_secret": spec.client_secret,
+        }
+        if spec.auth_method == "oauth2":
+            entry["token_url"] = self.token_url
+            entry["scopes"] = list(scopes)
+        return entry
 
     @property
     def oneroster_application_id(self) -> str:
