@@ -159,6 +159,9 @@ class _Pass:
     #: The checkpoint as last committed in this pass (or before it): progress counters advance
     #: with every batch, the cursor only with the last.
     cp: Checkpoint | None = None
+    #: Keys of this district and entity in the store as of the last commit (counted once at
+    #: the start of the pass, then moved by each batch's net effect).
+    keys: int = 0
     #: (created, updated, deleted, rejected) already counted in a committed checkpoint.
     counted: tuple[int, int, int, int] = (0, 0, 0, 0)
     #: Records dated after this do not move the cursor (see ``_run``).
@@ -291,6 +294,7 @@ class DistrictSync:
             cursor,
             ceiling=ceiling,
             cp=cp,
+            keys=self._store.count(entity, self.district_id),
             ignored_before=None
             if since is None
             else max(since, _EARLIEST + _FILTER_TOLERANCE) - _FILTER_TOLERANCE,
@@ -513,9 +517,9 @@ class DistrictSync:
         )
         if batch.empty and not final:
             return
+        keys = state.keys + _net_new(self._store, r.entity, self.district_id, batch.state)
         cp = state.cp.replace(
-            record_count=self._store.count(r.entity, self.district_id)
-            + _net_new(self._store, r.entity, self.district_id, batch.state),
+            record_count=keys,
             created_count=state.cp.created_count + created,
             updated_count=state.cp.updated_count + updated,
             deleted_count=state.cp.deleted_count + deleted,
@@ -525,7 +529,7 @@ class DistrictSync:
         )
         batch.checkpoint = encode_checkpoint(self._schemas, self._topics.checkpoints, cp)
         await self._sink.commit(batch)
-        state.cp, state.counted = cp, done
+        state.cp, state.counted, state.keys = cp, done, keys
         self._book.put(cp)
 
     async def _absent(
@@ -533,7 +537,7 @@ class DistrictSync:
     ) -> None:
         # Commit what the listing brought first, so the store reflects it.
         await self._flush(state)
-        total = self._store.count(entity, self.district_id)
+        total = state.keys
         missing = [
             s for s in self._store.sourced_ids(entity, self.district_id) if s not in state.seen
         ]
