@@ -44,8 +44,9 @@ KILLS_PER_ROUND = (8, 6, 6)
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     """A 1.2 (OAuth2) district of 30 students and a tiny 1.1 (OAuth1) one; every answer is
-    delayed a little so that a snapshot spans several seconds of paging."""
-    slow = Faults(rate=1.0, kinds=("latency",), latency=0.04, seed=1)
+    delayed (100 ms, a remote server's round trip) so that a snapshot spans several seconds of
+    paging and an idle delta poll lasts long enough for kills to land inside it."""
+    slow = Faults(rate=1.0, kinds=("latency",), latency=0.1, seed=1)
     simulator = Simulator(
         [
             DistrictSpec(id="crash12", version="1.2", size=30, seed=11, faults=slow),
