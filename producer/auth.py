@@ -12,7 +12,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 from urllib.parse import quote
 
 import aiohttp
@@ -27,6 +27,8 @@ from producer.model import Secret
 
 log = structlog.get_logger(__name__)
 
+#: The OneRoster 1.2 rostering scope most servers grant (named in scope-related errors).
+_CORE_SCOPE: Final = "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly"
 SignatureMethod = Literal["HMAC-SHA256", "HMAC-SHA1"]
 CredentialsIn = Literal["basic", "body"]
 Clock = Callable[[], float]
@@ -47,6 +49,11 @@ class Authenticator(Protocol):
         were already replaced (another request re-authenticated first), nothing is done, so
         concurrent 401s cause one re-authentication, not one each.
         """
+        ...
+
+    def refusal_hint(self) -> str:
+        """What to check when the server refuses these credentials even after re-authenticating
+        (the likely config keys first)."""
         ...
 
 
@@ -111,6 +118,12 @@ class OAuth2ClientCredentials:
                 return
             self._token = None
 
+    def refusal_hint(self) -> str:
+        return (
+            "a fresh token was refused too: check scopes (the server may require one), then "
+            "client_id, client_secret and token_url"
+        )
+
     async def _fetch(self) -> None:
         form: dict[str, str] = {"grant_type": "client_credentials"}
         if self._scopes:
@@ -141,11 +154,13 @@ class OAuth2ClientCredentials:
             message = f"token request refused (HTTP {status}: {info.text()})"
             if status == 429 or status >= 500:
                 raise errors.SourceUnavailable(message, status=status, url=self._token_url)
-            raise errors.AuthFailed(
-                message + "; check client_id, client_secret, token_url and scopes",
-                status=status,
-                url=self._token_url,
-            )
+            hint = "check client_id, client_secret, token_url and scopes"
+            if "scope" in info.text().lower():
+                hint = (
+                    "check scopes first: the server refused the requested ones or requires one "
+                    f"(e.g. {_CORE_SCOPE}); then client_id, client_secret and token_url"
+                )
+            raise errors.AuthFailed(f"{message}; {hint}", status=status, url=self._token_url)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -197,6 +212,7 @@ class OAuth1Signer:
         self._client_id = client_id
         self._client_secret = client_secret
         self._method = methods[signature_method]
+        self._signature_method: SignatureMethod = signature_method
         self._nonce = nonce
         self._timestamp = timestamp
 
@@ -233,6 +249,14 @@ class OAuth1Signer:
     async def invalidate(self, rejected: Mapping[str, str] | None = None) -> None:
         """Nothing is cached: every request is signed afresh."""
 
+    def refusal_hint(self) -> str:
+        other = "HMAC-SHA1" if self._signature_method == "HMAC-SHA256" else "HMAC-SHA256"
+        return (
+            f"check signature_method first: requests are signed with {self._signature_method}, "
+            f'and a server that verifies only {other} refuses them (set signature_method = "'
+            f'{other}"); then client_id and client_secret'
+        )
+
 
 class BearerToken:
     """A static bearer (e.g. ClassLink's proxy token), or one read afresh after a 401.
@@ -266,6 +290,9 @@ class BearerToken:
         """Re-read the token on next use (static tokens cannot be re-read)."""
         if not isinstance(self._source, Secret) and not _stale(rejected, self._token):
             self._token = None
+
+    def refusal_hint(self) -> str:
+        return "check the bearer (for ClassLink discovery: api_key, and that the tenant is active)"
 
 
 def _stale(rejected: Mapping[str, str] | None, current: Secret | None) -> bool:

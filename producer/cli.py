@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import orjson
 import structlog
@@ -21,8 +22,13 @@ import structlog
 from producer import __version__
 from producer.config import Config, describe_errors, load_config, resolve_config_path
 from producer.errors import CdcError, ConfigError
-from producer.logs import configure_logging, register_secrets
+from producer.logs import configure_logging, redact_text, register_secrets
 from producer.model import ENTITIES, Entity
+from producer.status import Row, ago, checkpoint_row, confirm_command, print_rows, span
+
+if TYPE_CHECKING:
+    from producer.service import Service
+    from producer.sync import EntityResult
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         help="config file (default: $ONEROSTER_CDC_CONFIG, then config/oneroster-cdc.toml)",
     )
     parser.add_argument("--log-format", choices=("json", "console", "auto"), default="auto")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level",
+        help="INFO unless given; libraries (aiokafka, aiohttp) log at WARNING in one-shot "
+        "commands unless this is given",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("run", help="the daemon; runs until SIGTERM/SIGINT")
@@ -47,9 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="one pass over the chosen districts, then exit")
     chosen = sync.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--district", action="append", metavar="ID", help="a district (repeat)")
-    chosen.add_argument("--all", action="store_true", help="every configured district")
+    chosen.add_argument(
+        "--all", action="store_true", help="every district: configured and ClassLink-discovered"
+    )
     sync.add_argument("--entity", action="append", choices=ENTITIES, help="an entity (repeat)")
     sync.add_argument("--full", action="store_true", help="full listing (finds hard deletes)")
+    sync.add_argument(
+        "--json", action="store_true", help="one JSON object per district and entity result"
+    )
 
     status = sub.add_parser("status", help="cursors, last syncs and counts per district and entity")
     status.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -73,7 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--port", type=int, default=8000, help="simulator port (default 8000)")
 
-    sub.add_parser("check-config", help="validate the config and say what is wrong")
+    check = sub.add_parser("check-config", help="validate the config and say what is wrong")
+    check.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="do not resolve env:/file: secrets (validate a config kept in a repository)",
+    )
 
     confirm = sub.add_parser("confirm-deletes", help="apply deletes held by the mass-delete guard")
     confirm.add_argument("--district", required=True, metavar="ID")
@@ -84,7 +104,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``oneroster-cdc`` console script."""
     args = _parser().parse_args(argv)
-    configure_logging(args.log_format, args.log_level)
+    # Only the daemon lets the libraries speak at INFO: one-shot commands print their result,
+    # not aiokafka's "Updating subscribed topics".
+    library_level = args.log_level or ("INFO" if args.command == "run" else "WARNING")
+    try:
+        configure_logging(args.log_format, args.log_level or "INFO", library_level=library_level)
+    except ValueError as exc:
+        print(f"oneroster-cdc: --log-level: {exc}", file=sys.stderr)
+        return 2
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -155,81 +182,154 @@ async def _confirm_command(config: Config, args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.config, os.environ)
-    problems = describe_errors(args.config, os.environ)
+    resolve = not args.no_secrets
+    problems = describe_errors(args.config, os.environ, resolve_secrets=resolve)
     if problems:
         for problem in problems:
             print(f"{path}: {problem}", file=sys.stderr)
         return 2
-    config = load_config(args.config, os.environ)
+    config = load_config(args.config, os.environ, resolve_secrets=resolve)
     print(
         f"{path}: ok: {len(config.districts)} district(s), "
         f"broker {','.join(config.kafka.bootstrap_servers)}, prefix {config.kafka.topic_prefix!r}"
         + (", ClassLink discovery on" if config.classlink else "")
+        + ("" if resolve else " (env:/file: secrets not resolved)")
     )
     return 0
 
 
-async def _sync(config: Config, args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+async def _districts(service: Service, config: Config, wanted: Sequence[str] | None) -> list[str]:
+    """The districts a command acts on (``wanted``, or all when None), running ClassLink
+    discovery first when it is configured and the choice may include discovered districts.
 
+    Raises:
+        ConfigError: a wanted district is neither configured nor discovered.
+        CdcError: discovery failed.
+    """
+    static = {d.id for d in config.districts}
+    if config.classlink is not None and (wanted is None or not set(wanted) <= static):
+        await service.refresh_discovery(config.classlink)
+    if wanted is None:
+        return service.district_ids
+    for district_id in wanted:
+        service.source(district_id)  # ConfigError naming the known ones
+    return list(dict.fromkeys(wanted))
+
+
+def _result_row(r: EntityResult) -> Row:
+    return {
+        "district": r.district_id,
+        "entity": r.entity,
+        "status": "ok" if r.skipped is None else "skipped",
+        "mode": r.mode,
+        "fetched": r.fetched,
+        "created": r.created,
+        "updated": r.updated,
+        "deleted": r.deleted,
+        "rejected": r.rejected,
+        "held_deletes": r.held_deletes,
+        "confirm_command": confirm_command(r.district_id, r.entity) if r.held_deletes else None,
+        "cursor": r.cursor,
+        "seconds": round(r.seconds, 3),
+        "sync_id": r.sync_id,
+        "error": r.skipped,
+    }
+
+
+def _failure_row(district_id: str | None, entity: str | None, exc: BaseException) -> Row:
+    return {
+        "district": district_id,
+        "entity": entity,
+        "status": "failed",
+        "error": redact_text(str(exc)),
+        "error_type": type(exc).__name__,
+    }
+
+
+_SYNC_COLUMNS: Final = (
+    "district",
+    "entity",
+    "status",
+    "mode",
+    "fetched",
+    "created",
+    "updated",
+    "deleted",
+    "rejected",
+    "held_deletes",
+    "error",
+)
+
+
+async def _sync(config: Config, args: argparse.Namespace) -> int:
+    """One pass over the chosen districts; every result (and failure) becomes a row: a JSON line
+    as it happens with ``--json``, else a table at the end. A failure is also an error-level log
+    event, and the exit code is 1 when anything failed."""
     from producer.service import Service  # noqa: PLC0415
 
-    console = Console(stderr=True)
     entities: list[Entity] | None = args.entity
-    failed: list[str] = []
-    table = Table(title="oneroster-cdc sync")
-    for column in ("district", "entity", "mode", "fetched", "created", "updated", "deleted"):
-        table.add_column(column)
-    table.add_column("rejected")
-    table.add_column("held deletes")
+    rows: list[Row] = []
+
+    def emit(row: Row) -> None:
+        rows.append(row)
+        if args.json:
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+            sys.stdout.flush()
+
     async with Service(config) as service:
-        ids = service.district_ids if args.all else args.district
+        try:
+            ids = await _districts(service, config, None if args.all else args.district)
+        except ConfigError:
+            raise
+        except CdcError as exc:
+            log.error("sync.discovery_failed", error=str(exc), error_type=type(exc).__name__)
+            emit(_failure_row(None, None, exc))
+            ids = [d.id for d in config.districts] if args.all else []
+        if not ids:
+            log.warning("sync.no_districts", note="no district is configured or discovered")
         for district_id in ids:
-            with console.status(f"syncing {district_id} ..."):
-                try:
-                    results = await service.sync(district_id, full=args.full, entities=entities)
-                except CdcError as exc:
-                    failed.append(district_id)
-                    console.print(f"[red]{district_id}: {exc}[/red]")
-                    continue
-            for r in results:
-                table.add_row(
-                    r.district_id,
-                    r.entity,
-                    r.mode if r.skipped is None else "skipped",
-                    *(str(v) for v in (r.fetched, r.created, r.updated, r.deleted, r.rejected)),
-                    str(r.held_deletes),
+            done: list[EntityResult] = []
+            try:
+                await service.sync(district_id, full=args.full, entities=entities, progress=done)
+            except CdcError as exc:
+                chosen = service.district_sync(district_id).chosen(entities)
+                entity = chosen[len(done)] if len(done) < len(chosen) else None
+                log.error(
+                    "sync.district_failed",
+                    district=district_id,
+                    entity=entity,
+                    error=str(exc),
+                    error_type=type(exc).__name__,
                 )
-    Console().print(table)
-    if failed:
-        console.print(f"[red]failed: {', '.join(failed)}[/red]")
-        return 1
-    return 0
+                for r in done:
+                    emit(_result_row(r))
+                emit(_failure_row(district_id, entity, exc))
+                continue
+            for r in done:
+                emit(_result_row(r))
+    if not args.json:
+        shown = [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+        print_rows(shown, _SYNC_COLUMNS, sys.stdout, title="oneroster-cdc sync")
+    return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
-def _checkpoint_row(cp: Any) -> dict[str, Any]:
-    return {
-        "district": cp.district_id,
-        "entity": cp.entity,
-        "cursor": cp.cursor,
-        "last_full_sync_at": cp.last_full_sync_at.isoformat() if cp.last_full_sync_at else None,
-        "last_delta_sync_at": cp.last_delta_sync_at.isoformat() if cp.last_delta_sync_at else None,
-        "records": cp.record_count,
-        "created": cp.created_count,
-        "updated": cp.updated_count,
-        "deleted": cp.deleted_count,
-        "rejected": cp.rejected_count,
-        "held_deletes": cp.held_deletes,
-        "delta_supported": cp.delta_supported,
-    }
+_STATUS_COLUMNS: Final = (
+    "district",
+    "entity",
+    "cursor lag",
+    "last full sync",
+    "last delta sync",
+    "records",
+    "created",
+    "updated",
+    "deleted",
+    "dead letters",
+    "held deletes",
+)
 
 
 async def _status(config: Config, as_json: bool, out: TextIO) -> int:
     """Read the checkpoints topic (no writer is started, so a running daemon is untouched)."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-
     from producer.avro import Schemas  # noqa: PLC0415
     from producer.checkpoints import load_checkpoints  # noqa: PLC0415
     from producer.kafka_options import consumer_options  # noqa: PLC0415
@@ -240,18 +340,33 @@ async def _status(config: Config, as_json: bool, out: TextIO) -> int:
         topic=TopicNames(config.kafka.topic_prefix).checkpoints,
         consumer_config=consumer_options(config.kafka),
     )
-    rows = [_checkpoint_row(cp) for _, cp in sorted(found.items())]
+    now = datetime.now(UTC)
+    rows = [checkpoint_row(cp, now) for _, cp in sorted(found.items())]
     if as_json:
         for row in rows:
             out.write(orjson.dumps(row).decode() + "\n")
         return 0
-    table = Table(title=f"oneroster-cdc status ({config.kafka.topic_prefix})")
-    columns = ("district", "entity", "cursor", "last_full_sync_at", "last_delta_sync_at")
-    for column in (*columns, "records", "held_deletes"):
-        table.add_column(column)
+    shown = [
+        {
+            "district": row["district"],
+            "entity": row["entity"],
+            "cursor lag": span(row["cursor_lag_seconds"]),
+            "last full sync": ago(row["last_full_sync_at"], now),
+            "last delta sync": ago(row["last_delta_sync_at"], now),
+            "records": str(row["records"]),
+            "created": str(row["created"]),
+            "updated": str(row["updated"]),
+            "deleted": str(row["deleted"]),
+            "dead letters": str(row["dead_letters"]),
+            "held deletes": str(row["held_deletes"]) if row["held_deletes"] else "-",
+        }
+        for row in rows
+    ]
+    title = f"oneroster-cdc status ({config.kafka.topic_prefix})"
+    print_rows(shown, _STATUS_COLUMNS, out, title=title)
     for row in rows:
-        table.add_row(*(str(row[c] or "-") for c in (*columns, "records", "held_deletes")))
-    Console(file=out).print(table)
+        if row["confirm_command"]:
+            out.write(f"held deletes: {row['confirm_command']}\n")
     return 0
 
 
@@ -259,6 +374,7 @@ async def _confirm(config: Config, district_id: str, entity: Entity) -> int:
     from producer.service import Service  # noqa: PLC0415
 
     async with Service(config) as service:
+        await _districts(service, config, [district_id])
         held = service.book.get(district_id, entity).held_deletes
         results = await service.sync(district_id, entities=[entity], confirm_deletes=True)
     deleted = sum(r.deleted for r in results)

@@ -13,7 +13,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 from urllib.parse import quote
@@ -40,16 +40,19 @@ log = structlog.get_logger(__name__)
 
 VersionSetting = Literal["1.1", "1.2", "auto"]
 
-#: The envelope key of a single-object GET, per collection (1.2 spec; 1.1 uses the same).
-SINGULAR_KEYS: Final[dict[Entity, str]] = {
-    "orgs": "org",
-    "academicSessions": "academicSession",
-    "courses": "course",
-    "classes": "class",
-    "users": "user",
-    "enrollments": "enrollment",
-    "demographics": "demographics",
+#: The envelope keys of a single-object GET, per collection (1.2 spec; 1.1 uses the same),
+#: the spec's first: some 1.1 servers answer a single demographics record as ``demographic``.
+SINGULAR_KEYS: Final[dict[Entity, tuple[str, ...]]] = {
+    "orgs": ("org",),
+    "academicSessions": ("academicSession",),
+    "courses": ("course",),
+    "classes": ("class",),
+    "users": ("user",),
+    "enrollments": ("enrollment",),
+    "demographics": ("demographics", "demographic"),
 }
+#: The probe of ``filter_answers``: every record of a live server is newer than this.
+_FILTER_PROBE: Final = datetime(1970, 1, 2, tzinfo=UTC)
 BASE_PATHS: Final[dict[Version, str]] = {
     "1.1": "/ims/oneroster/v1p1",
     "1.2": "/ims/oneroster/rostering/v1p2",
@@ -226,6 +229,21 @@ class OneRosterClient:
         except errors.NotFound:
             return None
         return dict(record)
+
+    async def filter_answers(self, entity: Entity) -> bool:
+        """Whether a delta filter that every record matches (``dateLastModified`` after
+        1970-01-02) returns a record: False from a server that cannot parse the filter but
+        answers an empty list instead of a 400, or that rejects it."""
+        version = await self.resolve_version()
+        fmt = self.observed_format or DEFAULT_FORMAT
+        params = [("limit", "1"), ("offset", "0"), ("filter", delta_filter(_FILTER_PROBE, fmt))]
+        try:
+            records, _headers = await self.requester().get(
+                self.url(entity, params, version), entity, entity=entity, filter_sent=True
+            )
+        except errors.FilterUnsupported:
+            return False
+        return bool(records)
 
     def _sort_params(self) -> list[tuple[str, str]]:
         return [] if self._sort_ok is False else [("sort", "sourcedId"), ("orderBy", "asc")]

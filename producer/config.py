@@ -60,6 +60,12 @@ DEFAULT_CONFIG_PATH: Final = Path("config/oneroster-cdc.toml")
 #: extra scope; a server that refuses them (403) has that entity skipped with a warning.
 DEFAULT_ENTITIES: Final[tuple[Entity, ...]] = ENTITIES
 
+#: ``sync.mass_delete_min``'s default: five absent keys pass the guard whatever their share. Each
+#: is confirmed gone by its own 404 first, so the guard only has to catch systematic trouble (a
+#: wiped server, credentials that now see a subset), which takes far more records or all of
+#: them; five is a handful to restore should it ever be wrong.
+MASS_DELETE_MIN: Final = 5
+
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _DURATION_HELP: Final = 'a number with a unit, e.g. "90s", "5m", "24h", "1d" (units ms s m h d w)'
@@ -123,6 +129,11 @@ def _secret(value: object, info: ValidationInfo) -> Secret:
             'expected a string; allowed: the secret itself, "env:NAME", "file:PATH"'
         )
     context: Mapping[str, Any] = info.context or {}
+    if value.startswith(("env:", "file:")) and not context.get("resolve_secrets", True):
+        # check-config --no-secrets: the indirection is checked, never followed.
+        if not value.partition(":")[2].strip():
+            raise ValueError(f"{value!r} names no variable or file")
+        return Secret(f"<unresolved {value.partition(':')[0]}>")
     if value.startswith("env:"):
         name = value[4:]
         environ: Mapping[str, str] = context.get("environ", {})
@@ -256,6 +267,10 @@ class SyncConfig(_Section):
     overlap: Duration = 300.0
     #: Share of an entity; a full sync deleting more waits for ``confirm-deletes``.
     mass_delete_threshold: float = Field(default=0.10, ge=0.0, le=1.0)
+    #: The floor under that share: deletes are held only when they also exceed this count (a
+    #: class or two deleted in a district of six is everyday business, not a wiped server).
+    #: A listing that lacks every stored key of an entity is held whatever its size.
+    mass_delete_min: int = Field(default=MASS_DELETE_MIN, ge=0, le=1_000_000)
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     #: Each poll starts up to this much after its scheduled time (capped at poll_interval).
     jitter: Duration = 5.0
@@ -444,9 +459,15 @@ def district_env_name(district_id: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", district_id.upper())
 
 
-def load_config(path: Path | None, environ: Mapping[str, str]) -> Config:
-    """Read, override, resolve and validate; raise the first problem as a ``ConfigError``."""
-    config, errors = _load(path, environ)
+def load_config(
+    path: Path | None, environ: Mapping[str, str], *, resolve_secrets: bool = True
+) -> Config:
+    """Read, override, resolve and validate; raise the first problem as a ``ConfigError``.
+
+    With ``resolve_secrets=False`` the ``env:``/``file:`` secrets are checked for form but not
+    read (their values are placeholders): everything else is validated as usual.
+    """
+    config, errors = _load(path, environ, resolve_secrets=resolve_secrets)
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more; run check-config)" if len(errors) > 1 else ""
@@ -455,9 +476,11 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> Config:
     return config
 
 
-def describe_errors(path: Path | None, environ: Mapping[str, str]) -> list[ConfigError]:
+def describe_errors(
+    path: Path | None, environ: Mapping[str, str], *, resolve_secrets: bool = True
+) -> list[ConfigError]:
     """Every problem with the config (empty when it is valid), for ``check-config``."""
-    return _load(path, environ)[1]
+    return _load(path, environ, resolve_secrets=resolve_secrets)[1]
 
 
 def config_from_mapping(
@@ -480,7 +503,9 @@ def _message_of(error: ConfigError) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-def _load(path: Path | None, environ: Mapping[str, str]) -> tuple[Config | None, list[ConfigError]]:
+def _load(
+    path: Path | None, environ: Mapping[str, str], *, resolve_secrets: bool = True
+) -> tuple[Config | None, list[ConfigError]]:
     source = resolve_config_path(path, environ)
     try:
         text = source.read_text(encoding="utf-8")
@@ -502,14 +527,20 @@ def _load(path: Path | None, environ: Mapping[str, str]) -> tuple[Config | None,
         _apply_overrides(data, environ, sources)
     except ConfigError as exc:
         return None, [exc]
-    return _validate(data, environ, source.parent, sources)
+    return _validate(data, environ, source.parent, sources, resolve_secrets=resolve_secrets)
 
 
 def _validate(
-    data: dict[str, Any], environ: Mapping[str, str], base_dir: Path, sources: dict[str, str]
+    data: dict[str, Any],
+    environ: Mapping[str, str],
+    base_dir: Path,
+    sources: dict[str, str],
+    *,
+    resolve_secrets: bool = True,
 ) -> tuple[Config | None, list[ConfigError]]:
+    context = {"environ": environ, "base_dir": base_dir, "resolve_secrets": resolve_secrets}
     try:
-        config = Config.model_validate(data, context={"environ": environ, "base_dir": base_dir})
+        config = Config.model_validate(data, context=context)
     except ValidationError as exc:
         errors = []
         for err in exc.errors(include_url=False):

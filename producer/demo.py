@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from producer.avro import Schemas
-from producer.config import Config, load_config
+from producer.config import Config, load_config, parse_listen
 from producer.daemon import Daemon
 from producer.kafka_options import connection_options, consumer_options
 from producer.logs import register_secrets
@@ -55,7 +55,26 @@ def demo_districts() -> list[DistrictSpec]:
     ]
 
 
+async def _port_open(address: str) -> bool:
+    """Whether something accepts TCP connections at ``host:port`` (no Kafka client involved,
+    so a missing broker is not logged as an error before the demo starts its own)."""
+    host, port = parse_listen(address)
+    try:
+        async with asyncio.timeout(2.0):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 async def _broker_answers(config: Config) -> bool:
+    """Whether the configured broker answers a metadata request: a silent TCP probe first, then
+    a Kafka admin client only when something listens."""
+    if not any([await _port_open(a) for a in config.kafka.bootstrap_servers]):
+        return False
     admin = AIOKafkaAdminClient(
         **connection_options(config.kafka, role="demo"), request_timeout_ms=3000
     )

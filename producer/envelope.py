@@ -55,6 +55,8 @@ class ServerStatus:
     def text(self) -> str:
         """A one-line summary for an error message."""
         parts = [p for p in (self.description, self.code_minor) if p]
+        if len(parts) == 2 and parts[0].strip().lower() == parts[1].strip().lower():
+            parts = parts[:1]  # {"error": "invalid_signature"} says it once, and so do we
         return ": ".join(parts) if parts else "no description"
 
 
@@ -151,9 +153,10 @@ def _loads(body: bytes) -> Any:
 
 
 def records_of(
-    body: bytes, key: str, *, url: str, expect: type = list
+    body: bytes, key: str | tuple[str, ...], *, url: str, expect: type = list
 ) -> tuple[Any, ServerStatus | None]:
-    """The records (a list, or an ``expect`` object) under ``key`` of a 200 body.
+    """The records (a list, or an ``expect`` object) under ``key`` of a 200 body (the first of
+    several accepted keys that the body carries, when ``key`` is a tuple).
 
     Returns ``(records, None)`` for a data page, or ``([], status)`` when the 200 carries an error
     envelope instead (the caller turns it into the error of ``status.implied_status``).
@@ -170,16 +173,19 @@ def records_of(
             status=200,
             url=url,
         ) from exc
+    keys = (key,) if isinstance(key, str) else key
     if isinstance(doc, dict):
-        records = doc.get(key)
-        if isinstance(records, expect):
-            return records, None
+        for name in keys:
+            records = doc.get(name)
+            if isinstance(records, expect):
+                return records, None
     status = describe_document(doc)
     if status is not None and status.implied_status is not None:
         return [], status
     detail = status.text() if status else f"top-level keys {_keys(doc)}"
+    wanted = " or ".join(repr(k) for k in keys)
     raise errors.BadResponse(
-        f"200 response without a {key!r} {expect.__name__}: {detail}", status=200, url=url
+        f"200 response without a {wanted} {expect.__name__}: {detail}", status=200, url=url
     )
 
 

@@ -166,6 +166,12 @@ def forget_secrets() -> None:
     _REDACTOR.clear()
 
 
+def redact_text(text: str) -> str:
+    """``text`` with registered secrets and credential-looking fragments replaced (for texts
+    shown outside the logs, such as the status page's last errors)."""
+    return _REDACTOR.scrub_text(text)
+
+
 def redact(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """The redaction processor, usable in a custom chain."""
     return _REDACTOR(logger, method_name, event_dict)
@@ -221,14 +227,18 @@ def configure_logging(
     level: str | int = "INFO",
     *,
     stream: TextIO | None = None,
+    library_level: str | int | None = None,
 ) -> None:
     """Configure structlog and stdlib logging to write redacted events to ``stream`` (stderr).
 
-    ``"auto"`` renders JSON unless ``stream`` is a terminal. Calling it again replaces the
-    previous configuration (it is meant to be called once, at start).
+    ``"auto"`` renders JSON unless ``stream`` is a terminal. ``library_level`` is the level of
+    the libraries' loggers (aiokafka, aiohttp ...; default: ``level``): one-shot commands keep
+    them at WARNING. Calling it again replaces the previous configuration (it is meant to be
+    called once, at start).
     """
     out = stream if stream is not None else sys.stderr
     number = _level_number(level)
+    library_number = number if library_level is None else _level_number(library_level)
     use_console = format == "console" or (format == "auto" and out.isatty())
     renderer: Processor = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())
@@ -266,4 +276,5 @@ def configure_logging(
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(number)
+    # Our own events go through structlog's filtering logger; only libraries log through here.
+    root.setLevel(library_number)

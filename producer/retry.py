@@ -153,7 +153,7 @@ class Requester:
     async def get(
         self,
         url: yarl.URL,
-        key: str,
+        key: str | tuple[str, ...],
         *,
         entity: str,
         filter_sent: bool = False,
@@ -178,7 +178,9 @@ class Requester:
                 )
             except _Unauthorised as exc:
                 if reauthenticated:
-                    raise
+                    raise errors.AuthFailed(
+                        f"{exc}; {self.auth.refusal_hint()}", status=401, url=exc.url
+                    ) from exc
                 reauthenticated = True
                 self.observer("request.reauth", {"district_id": self.district_id, "entity": entity})
                 log.info("source.reauthenticate", district_id=self.district_id, entity=entity)
@@ -229,7 +231,7 @@ class Requester:
             return records, headers
 
     async def _once(
-        self, url: yarl.URL, key: str, *, filter_sent: bool, expect: type
+        self, url: yarl.URL, key: str | tuple[str, ...], *, filter_sent: bool, expect: type
     ) -> tuple[Any, CIMultiDictProxy[str]]:
         where = loggable_url(url)
         sent = await self.auth.headers("GET", url)

@@ -398,6 +398,7 @@ class Service:
             settings=SyncSettings(
                 overlap=sync_cfg.overlap,
                 mass_delete_threshold=sync_cfg.mass_delete_threshold,
+                mass_delete_min=sync_cfg.mass_delete_min,
                 batch_size=sync_cfg.batch_size,
             ),
             entities=source.entities,
@@ -419,13 +420,17 @@ class Service:
         full: bool = False,
         entities: Sequence[Entity] | None = None,
         confirm_deletes: bool = False,
+        progress: list[EntityResult] | None = None,
     ) -> list[EntityResult]:
-        """One pass; at most one at a time per district."""
+        """One pass; at most one at a time per district (``progress``: see ``DistrictSync``)."""
         lock = self._locks.setdefault(district_id, asyncio.Lock())
         async with lock:
             try:
                 results = await self.district_sync(district_id).sync(
-                    full=full, entities=entities, confirm_deletes=confirm_deletes
+                    full=full,
+                    entities=entities,
+                    confirm_deletes=confirm_deletes,
+                    progress=progress,
                 )
             except Exception as exc:
                 self.metrics.error(district_id, exc)

@@ -19,12 +19,15 @@ enrollments, demographics):
 - **Hard deletes.** A FULL pass whose listing completed deletes the keys the store holds but the
   listing lacked (``absent_from_full_sync``), each confirmed first by a single-record GET that
   answers 404 (a record that slid out of an offset-paged listing while the source changed is
-  still there: it is diffed, never deleted), unless they exceed ``mass_delete_threshold`` of
-  the entity: then nothing is deleted, the count is held in the checkpoint, an alert is logged
-  and counted, until ``confirm-deletes`` runs the pass with the guard lifted.
+  still there: it is diffed, never deleted), unless they exceed both ``mass_delete_threshold``
+  of the entity and ``mass_delete_min`` keys, or are every stored key (an emptied server): then
+  nothing is deleted, the count is held in the checkpoint, an alert is logged and counted,
+  until ``confirm-deletes`` runs the pass with the guard lifted.
 - **Filter fallback.** A source that rejects the delta filter (400) is listed in full at once; one
-  that ignores it (returns records older than the filter) is marked ``delta_supported = False``
-  and gets full listings from then on. Both are logged as warnings.
+  that ignores it (returns records older than the filter), or that answers the first empty delta
+  of an entity holding records with nothing even for a filter every record matches (it cannot
+  parse the filter but says 200), is marked ``delta_supported = False`` and gets full listings
+  from then on. Each case is logged as a warning.
 - **Demographics** answered with 403 (scope not granted) are skipped with a warning.
 """
 
@@ -43,6 +46,7 @@ import structlog
 from producer import diff as differ
 from producer.avro import DEAD_LETTER, Schemas, body_of, headers
 from producer.checkpoints import Checkpoint, encode_checkpoint, format_cursor, fresh
+from producer.config import MASS_DELETE_MIN
 from producer.errors import EncodingError, FilterUnsupported, Forbidden, ListingIncomplete
 from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, Version
 from producer.normalise import dump_raw, normalise, parse_timestamp
@@ -93,6 +97,8 @@ class Source(Protocol):
 
     async def fetch_one(self, entity: Entity, sourced_id: str) -> dict[str, Any] | None: ...
 
+    async def filter_answers(self, entity: Entity) -> bool: ...
+
 
 class Sink(Protocol):
     """Where batches go (``producer.writer.TransactionalWriter``)."""
@@ -123,6 +129,7 @@ class SyncSettings:
     overlap: float = 300.0
     mass_delete_threshold: float = 0.10
     batch_size: int = 1000
+    mass_delete_min: int = MASS_DELETE_MIN
 
 
 @dataclass(slots=True)
@@ -219,6 +226,8 @@ class DistrictSync:
         self._entities = [e for e in ENTITIES if e in entities]
         self._observer: Observer = observer or _NoObserver()
         self._clock = clock
+        #: Entities whose delta filter was probed (``_filter_unanswered``).
+        self._filter_probed: set[Entity] = set()
 
     async def sync(
         self,
@@ -226,12 +235,14 @@ class DistrictSync:
         full: bool = False,
         entities: Sequence[Entity] | None = None,
         confirm_deletes: bool = False,
+        progress: list[EntityResult] | None = None,
     ) -> list[EntityResult]:
         """One pass over the chosen entities, in dependency order. Raises on the first entity
-        that fails (its cursor stays where it was); earlier entities stay committed."""
+        that fails (its cursor stays where it was); earlier entities stay committed, and their
+        results are in ``progress`` (appended to as each entity finishes) when one is given."""
         sync_id = uuid.uuid4().hex
-        chosen = [e for e in self._entities if entities is None or e in entities]
-        results = []
+        chosen = self.chosen(entities)
+        results = progress if progress is not None else []
         with structlog.contextvars.bound_contextvars(district=self.district_id, sync_id=sync_id):
             for entity in chosen:
                 with structlog.contextvars.bound_contextvars(entity=entity):
@@ -241,6 +252,10 @@ class DistrictSync:
                         )
                     )
         return results
+
+    def chosen(self, entities: Sequence[Entity] | None = None) -> list[Entity]:
+        """The entities a pass over ``entities`` (None: all of the district's) visits, in order."""
+        return [e for e in self._entities if entities is None or e in entities]
 
     async def sync_entity(
         self, entity: Entity, *, full: bool, sync_id: str, confirm_deletes: bool = False
@@ -253,6 +268,9 @@ class DistrictSync:
             mode = "FULL"
         try:
             result = await self._run(entity, cp, mode, sync_id, confirm_deletes)
+            if await self._filter_unanswered(entity, result):
+                cp = self._book.get(self.district_id, entity).replace(delta_supported=False)
+                result = await self._run(entity, cp, "FULL", sync_id, confirm_deletes)
         except FilterUnsupported as exc:
             log.warning("sync.delta_filter_rejected", reason=str(exc), fallback="FULL")
             cp = cp.replace(delta_supported=False)
@@ -276,6 +294,24 @@ class DistrictSync:
             seconds=round(result.seconds, 3),
         )
         return result
+
+    async def _filter_unanswered(self, entity: Entity, result: EntityResult) -> bool:
+        """After the first empty delta of an entity that holds records: whether the server
+        answers a filter every record matches with nothing (it cannot parse the filter but says
+        200 with an empty list, not 400). Asked once per entity and process."""
+        if result.mode != "DELTA" or result.fetched or entity in self._filter_probed:
+            return False
+        if not self._store.count(entity, self.district_id):
+            return False
+        self._filter_probed.add(entity)
+        if await self._source.filter_answers(entity):
+            return False
+        log.warning(
+            "sync.delta_filter_unanswered",
+            reason="a filter every record matches returned no record",
+            fallback="FULL from now on",
+        )
+        return True
 
     async def _run(
         self, entity: Entity, cp: Checkpoint, mode: Mode, sync_id: str, confirm_deletes: bool
@@ -543,7 +579,7 @@ class DistrictSync:
         ]
         if not missing:
             return
-        if not confirm_deletes and len(missing) > self._settings.mass_delete_threshold * total:
+        if not confirm_deletes and self._mass_delete(len(missing), total):
             state.result.held_deletes = len(missing)
             self._observer.mass_delete_held(self.district_id, entity, len(missing))
             log.error(
@@ -551,6 +587,7 @@ class DistrictSync:
                 missing=len(missing),
                 total=total,
                 threshold=self._settings.mass_delete_threshold,
+                minimum=self._settings.mass_delete_min,
                 action=f"oneroster-cdc confirm-deletes --district {self.district_id} "
                 f"--entity {entity}",
             )
@@ -582,6 +619,15 @@ class DistrictSync:
             for record in present:
                 self._record(record, known, state, "FULL")
             await self._flush(state)
+
+    def _mass_delete(self, missing: int, total: int) -> bool:
+        """Whether ``missing`` absent keys out of ``total`` stored ones trip the guard: more than
+        the share and more than the floor, or every stored key (an emptied or wiped server)."""
+        if missing >= total:
+            return True
+        settings = self._settings
+        share = settings.mass_delete_threshold * total
+        return missing > share and missing > settings.mass_delete_min
 
     async def _verify(self, entity: Entity, sourced_ids: Sequence[str]) -> dict[str, Any]:
         """What the server holds now for each candidate delete: its record, or None (404)."""

@@ -5,7 +5,8 @@
   Basic or in the form body, an optional space-separated ``scope``. Tokens are random opaque
   strings that expire on the simulated clock. Data requests need ``Authorization: Bearer``.
 * OAuth 1.0a (1.1 districts): two-legged request signing verified by ``oauthlib`` over exactly
-  the URL and query string received; HMAC-SHA256 (HMAC-SHA1 when enabled), a timestamp window of
+  the URL and query string received; HMAC-SHA256 (HMAC-SHA1 when enabled, or only HMAC-SHA1 as
+  some outside servers do), a timestamp window of
   ``timestamp_lifetime`` seconds of wall time, and a nonce may be used once.
 """
 
@@ -179,9 +180,12 @@ class OAuth1Verifier:
         secret: str,
         *,
         allow_sha1: bool = False,
+        sha1_only: bool = False,
         timestamp_lifetime: int = 600,
     ) -> None:
         methods = ("HMAC-SHA256", "HMAC-SHA1") if allow_sha1 else ("HMAC-SHA256",)
+        if sha1_only:
+            methods = ("HMAC-SHA1",)
         self._endpoint = SignatureOnlyEndpoint(
             _Validator(client_id, secret, methods, timestamp_lifetime)
         )

@@ -100,6 +100,7 @@ class District:
             spec.client_id,
             spec.client_secret,
             allow_sha1=spec.allow_sha1,
+            sha1_only="oauth1_sha1_only" in spec.quirks,
             timestamp_lifetime=spec.timestamp_lifetime,
         )
         raw_app_id = base64.b64encode(hashlib.sha256(spec.id.encode()).digest()[:8]).decode()

@@ -129,6 +129,10 @@ def authorise(
         # Verify over exactly what was received: scheme, host and the raw path + query string.
         url = f"{request.scheme}://{request.host}{request.raw_path}"
         ok = district.verifier.verify(url, request.method, request.headers)
+        if not ok and "oauth1_sha1_only" in district.spec.quirks:
+            return json_response(
+                {"error": "invalid_signature"}, 401, CIMultiDict({"WWW-Authenticate": _OAUTH})
+            )
         return None if ok else _unauthorised(version, "OAuth 1.0a signature not valid", _OAUTH)
     value = bearer(header)
     now = district.clock.now()
@@ -290,6 +294,9 @@ async def _listing(
     quirks = district.spec.quirks
     selection = district.store.select(view, flt, query.sort, query.descending)
     records = selection.page(query.offset, query.limit) if query.limit else []
+    total = selection.total
+    if "filter_empty_list" in quirks and query.flt is not None:
+        records, total = [], 0  # "cannot parse that filter" said as an empty list
     out = [quirk_mod.apply(r, quirks) for r in records]
     if query.fields:
         out = [select_fields(r, query.fields) for r in out]
@@ -299,11 +306,11 @@ async def _listing(
         body["statusInfoSet"] = [{"imsx_codeMajor": "success", "imsx_severity": "status"}]
     headers: CIMultiDict[str] = CIMultiDict()
     if "no_total_count" not in quirks:
-        headers["X-Total-Count"] = str(selection.total)
+        headers["X-Total-Count"] = str(total)
     if "x_count" in quirks:
         headers["x-count"] = str(len(out))
     if query.limit:
-        headers["Link"] = _link_header(request, query.offset, query.limit, selection.total)
+        headers["Link"] = _link_header(request, query.offset, query.limit, total)
     raw = orjson.dumps(body)
     if kind in ("truncated_json", "reset"):
         return await _broken_body(request, raw, headers, kind)
@@ -325,4 +332,7 @@ def _single(
     out = quirk_mod.apply(record, district.spec.quirks)
     if fields:
         out = select_fields(out, fields)
-    return json_response({SINGULAR[view.entity]: out})
+    key = SINGULAR[view.entity]
+    if view.entity == "demographics" and "singular_demographic" in district.spec.quirks:
+        key = "demographic"
+    return json_response({key: out})

@@ -13,6 +13,17 @@ ground truth stays comparable. Names (use them in ``DistrictSpec.quirks``):
 * ``status_info_set``: a 1.1-style ``statusInfoSet`` array beside the collection's data.
 * ``x_count``: an ``x-count`` header with the number of records in the page.
 * ``no_total_count``: no ``X-Total-Count`` header (some servers send no count at all).
+
+Quirks of the server rather than of its records (seen on outside servers):
+
+* ``scope_required``: the token endpoint refuses a request without ``scope`` (400
+  ``invalid_scope``) instead of granting the client's scopes.
+* ``oauth1_sha1_only``: OAuth 1.0a verified with HMAC-SHA1 only; a refused signature is answered
+  ``401 {"error": "invalid_signature"}`` (a Flask-style body, not imsx).
+* ``singular_demographic``: a single-record GET of demographics answers under the key
+  ``demographic`` instead of ``demographics``.
+* ``filter_empty_list``: a ``filter`` the server cannot parse (any filter) is answered with an
+  empty list (200, ``X-Total-Count: 0``) instead of a 400.
 """
 
 from __future__ import annotations
@@ -32,9 +43,25 @@ QUIRKS: Final = frozenset(
         "status_info_set",
         "x_count",
         "no_total_count",
+        "scope_required",
+        "oauth1_sha1_only",
+        "singular_demographic",
+        "filter_empty_list",
     )
 )
-_RECORD_QUIRKS: Final = QUIRKS - {"status_info_set", "x_count", "no_total_count"}
+#: Quirks of the server, not of the records it serves.
+SERVER_QUIRKS: Final = frozenset(
+    (
+        "status_info_set",
+        "x_count",
+        "no_total_count",
+        "scope_required",
+        "oauth1_sha1_only",
+        "singular_demographic",
+        "filter_empty_list",
+    )
+)
+_RECORD_QUIRKS: Final = QUIRKS - SERVER_QUIRKS
 _BOOLEAN_FIELDS: Final = frozenset(
     (
         "enabledUser",

@@ -123,17 +123,9 @@ class Simulator:
             return json_response({"error": "invalid_client"}, 401, challenge)
         if form.get("grant_type") != "client_credentials":
             return json_response({"error": "unsupported_grant_type"}, 400)
-        requested = str(form.get("scope", "")).split()
-        granted = frozenset(canonical_scope(s) for s in spec.scopes)
-        if requested:
-            wanted = frozenset(canonical_scope(s) for s in requested)
-            if not wanted <= frozenset(ALL_SCOPES):
-                return json_response({"error": "invalid_scope"}, 400)
-            scopes = wanted & granted
-            if not scopes:
-                return json_response({"error": "invalid_scope"}, 400)
-        else:
-            scopes = granted
+        scopes = _granted(spec, str(form.get("scope", "")).split())
+        if isinstance(scopes, web.Response):
+            return scopes
         token = self.tokens.issue(district.id, scopes, spec.token_ttl, self.clock.now())
         return json_response(
             {
@@ -215,3 +207,18 @@ class Simulator:
         return await serve(
             request, district, tail[0], tail[1] if len(tail) == 2 else None, via_proxy
         )
+
+
+def _granted(spec: DistrictSpec, requested: list[str]) -> frozenset[str] | web.Response:
+    """The scopes a token request gets, or the 400 that refuses it."""
+    if not requested and "scope_required" in spec.quirks:
+        return json_response(
+            {"error": "invalid_scope", "error_description": "a scope is required"}, 400
+        )
+    granted = frozenset(canonical_scope(s) for s in spec.scopes)
+    if not requested:
+        return granted
+    wanted = frozenset(canonical_scope(s) for s in requested)
+    if not wanted <= frozenset(ALL_SCOPES):
+        return json_response({"error": "invalid_scope"}, 400)
+    return wanted & granted or json_response({"error": "invalid_scope"}, 400)
