@@ -2,8 +2,8 @@
 
 Start order (teardown runs in reverse, from one ``AsyncExitStack``):
 
-1. The HTTP endpoints and the heartbeat, so ``/healthz`` answers and ``/readyz`` says "not
-   ready" while the rest starts.
+1. The HTTP endpoints and the heartbeat, so ``/healthz`` answers and ``/readyz`` (and the
+   status page at ``/``) say "not ready" while the rest starts.
 2. The ``Service`` (topics, writer, schema publication, state restore, checkpoints). While the
    broker cannot be reached it is retried with a capped backoff; nothing is written meanwhile.
 3. The scheduler, with the static districts and, when ``[classlink]`` is set, the discovered
@@ -24,6 +24,8 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -33,6 +35,7 @@ from producer.http_api import ChecksProbe, Health, Heartbeat, HttpServer
 from producer.metrics import Metrics
 from producer.scheduler import Scheduler
 from producer.service import Service
+from producer.status import district_row, iso
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +68,8 @@ class Daemon:
         self._fenced = False
         self._signals = 0
         self.started = asyncio.Event()
+        self._scheduler: Scheduler | None = None
+        self._health: Health | None = None
 
     def stop(self) -> None:
         """Ask the daemon to shut down gracefully."""
@@ -85,6 +90,42 @@ class Daemon:
     async def _readiness_broker(self) -> bool:
         return await self.service.broker_reachable()
 
+    async def status(self) -> dict[str, Any]:
+        """The status page's snapshot: readiness, and every district (static or discovered)
+        with its entities' checkpoints and the scheduler's view (circuit, last error)."""
+        now = datetime.now(UTC)
+        checks = await self._health.readiness() if self._health is not None else []
+        scheduled = self._scheduler.status() if self._scheduler is not None else {}
+        service = self.service
+        districts = []
+        for district_id in service.district_ids:
+            source = service.source(district_id)
+            known = scheduled.get(district_id)
+            districts.append(
+                district_row(
+                    district_id,
+                    origin="classlink" if source.discovered is not None else "config",
+                    version=source.version,
+                    checkpoints=[service.book.get(district_id, e) for e in source.entities],
+                    now=now,
+                    circuit_open=known.circuit_open if known else False,
+                    consecutive_failures=known.consecutive_failures if known else 0,
+                    running=known.running if known else False,
+                    last_error=known.last_error_detail or known.last_error if known else None,
+                    last_success=known.last_success if known else None,
+                )
+            )
+        kafka = self.config.kafka
+        return {
+            "generated_at": iso(now),
+            "instance": {"topic_prefix": kafka.topic_prefix, "shards": [kafka.transactional_id]},
+            "readiness": {
+                "ready": bool(checks) and all(c.ok for c in checks),
+                "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+            },
+            "districts": districts,
+        }
+
     async def run(self, *, install_signals: bool = True) -> int:
         """Start, run until stopped, stop; the process exit code."""
         loop = asyncio.get_running_loop()
@@ -96,11 +137,12 @@ class Daemon:
         probe = ChecksProbe(
             {"broker": self._readiness_broker, "state_restored": lambda: self.service.restored}
         )
+        self._health = Health(heartbeat, probe)
         async with AsyncExitStack() as stack:
             # 1.
             if self.config.http.enabled:
                 self.http = HttpServer(
-                    self.config.http.listen, self.metrics, Health(heartbeat, probe)
+                    self.config.http.listen, self.metrics, self._health, status=self.status
                 )
                 await stack.enter_async_context(self.http)
                 log.info("daemon.http", url=self.http.url)
@@ -116,6 +158,7 @@ class Daemon:
                 history=self.service,
                 metrics=self.metrics,
             )
+            self._scheduler = scheduler
             scheduler.set_districts(self.service.district_ids)
             if self.config.classlink is not None:
                 refresher = asyncio.create_task(self._discovery(scheduler))

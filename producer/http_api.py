@@ -6,6 +6,9 @@
   restored ...), else 503 with a JSON body naming the failing checks. It also sets the
   ``oneroster_ready`` gauge.
 - ``/metrics`` serves ``Metrics.render()`` in the Prometheus text format.
+- ``/`` is the read-only status page (``producer.status_page``), ``/status.html`` its live
+  fragment, ``/status.js`` its refresh script and ``/status.json`` the snapshot behind them, when
+  the server is given a ``StatusSource``.
 
 ``HttpServer`` is an async context manager; port 0 binds a free port, exposed as ``port``.
 """
@@ -18,12 +21,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
 import orjson
 import structlog
 from aiohttp import web
 
+from producer import status_page
 from producer.config import parse_listen
 from producer.errors import ClientClosed
 from producer.metrics import CONTENT_TYPE, Metrics
@@ -57,6 +61,10 @@ class HealthSource(ReadinessProbe, Protocol):
     """Liveness and readiness, as the HTTP endpoints ask for them."""
 
     def liveness(self) -> Check: ...
+
+
+#: Returns the status snapshot (``producer.status``): JSON-ready, secrets already redacted.
+StatusSource = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
 class Heartbeat:
@@ -131,6 +139,18 @@ def _json(status: int, body: object) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON)
 
 
+def _html(text: str) -> web.Response:
+    return web.Response(
+        text=text,
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": status_page.CONTENT_SECURITY_POLICY,
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
 def _checks_body(checks: Sequence[Check]) -> dict[str, object]:
     return {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}
 
@@ -138,10 +158,18 @@ def _checks_body(checks: Sequence[Check]) -> dict[str, object]:
 class HttpServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on ``listen`` ("host:port", port 0: any)."""
 
-    def __init__(self, listen: str, metrics: Metrics, health: HealthSource) -> None:
+    def __init__(
+        self,
+        listen: str,
+        metrics: Metrics,
+        health: HealthSource,
+        *,
+        status: StatusSource | None = None,
+    ) -> None:
         self._host, self._requested_port = parse_listen(listen)
         self._metrics = metrics
         self._health = health
+        self._status = status
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._closed = False
@@ -164,7 +192,32 @@ class HttpServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_handler)
+        if self._status is not None:
+            app.router.add_get("/", self._page)
+            app.router.add_get("/status.html", self._fragment)
+            app.router.add_get("/status.js", self._script)
+            app.router.add_get("/status.json", self._status_json)
         return app
+
+    async def _snapshot(self) -> Mapping[str, Any]:
+        assert self._status is not None
+        return await self._status()
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return _html(status_page.render_page(await self._snapshot()))
+
+    async def _fragment(self, request: web.Request) -> web.Response:
+        return _html(status_page.render_fragment(await self._snapshot()))
+
+    async def _script(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=status_page.SCRIPT,
+            content_type="text/javascript",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _status_json(self, request: web.Request) -> web.Response:
+        return _json(200, await self._snapshot())
 
     async def _healthz(self, request: web.Request) -> web.Response:
         check = self._health.liveness()

@@ -34,6 +34,7 @@ from typing import Protocol, Self
 import structlog
 
 from producer.config import SyncConfig
+from producer.logs import redact_text
 from producer.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -67,6 +68,8 @@ class DistrictStatus:
     last_success: float | None = None
     consecutive_failures: int = 0
     last_error: str | None = None
+    #: The last failure's message, redacted (for the status page; cleared by a success).
+    last_error_detail: str | None = None
     running: bool = False
     circuit_open: bool = False
 
@@ -292,16 +295,19 @@ class Scheduler:
             self._update(district_id, running=False)
         elapsed = self._clock() - started
         error: str | None = None
+        detail = ""
         if poll.cancelled():
             error = "PollTimeout"
+            detail = f"the poll ran past its {timeout:g} s timeout and was cancelled"
             log.warning("poll.timeout", full=full, timeout=timeout)
         elif (exc := poll.exception()) is not None:
             error = type(exc).__name__
-            log.warning("poll.failed", full=full, seconds=elapsed, error=error, message=str(exc))
+            detail = str(exc)
+            log.warning("poll.failed", full=full, seconds=elapsed, error=error, message=detail)
         if error is None:
             self._succeeded(district_id, full=full, elapsed=elapsed)
             return True
-        self._failed(district_id, error)
+        self._failed(district_id, error, redact_text(detail))
         return False
 
     def _succeeded(self, district_id: str, *, full: bool, elapsed: float) -> None:
@@ -313,11 +319,12 @@ class Scheduler:
             consecutive_failures=0,
             circuit_open=False,
             last_error=None,
+            last_error_detail=None,
             last_success=self._clock(),
         )
         log.info("poll.finished", full=full, seconds=elapsed)
 
-    def _failed(self, district_id: str, error: str) -> None:
+    def _failed(self, district_id: str, error: str, detail: str = "") -> None:
         failures = self._districts[district_id].status.consecutive_failures + 1
         circuit_open = failures >= self._sync.circuit_breaker_threshold
         if circuit_open and not self._districts[district_id].status.circuit_open:
@@ -327,6 +334,7 @@ class Scheduler:
             consecutive_failures=failures,
             circuit_open=circuit_open,
             last_error=error,
+            last_error_detail=detail or None,
         )
         if self._metrics is not None:
             self._metrics.error(district_id, error)

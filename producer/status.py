@@ -58,6 +58,35 @@ def checkpoint_row(cp: Checkpoint, now: datetime) -> Row:
     }
 
 
+def district_row(
+    district_id: str,
+    *,
+    origin: str,
+    version: str,
+    checkpoints: Sequence[Checkpoint],
+    now: datetime,
+    circuit_open: bool = False,
+    consecutive_failures: int = 0,
+    running: bool = False,
+    last_error: str | None = None,
+    last_success: float | None = None,
+) -> Row:
+    """One district of the status snapshot (``last_error`` must already be redacted)."""
+    return {
+        "id": district_id,
+        "origin": origin,
+        "version": version,
+        "circuit_open": circuit_open,
+        "consecutive_failures": consecutive_failures,
+        "running": running,
+        "last_error": last_error,
+        "last_success_at": None
+        if last_success is None
+        else iso(datetime.fromtimestamp(last_success, UTC)),
+        "entities": [checkpoint_row(cp, now) for cp in checkpoints],
+    }
+
+
 def span(seconds: float | None) -> str:
     """``45 s``, ``3 min``, ``5 h``, ``2 d`` (``-`` for None)."""
     if seconds is None:

@@ -100,6 +100,7 @@ def config_toml(sim: Simulator) -> str:
         'full_sync_interval = "24h"',
         'overlap = "5m"',
         "mass_delete_threshold = 0.10",
+        "mass_delete_min = 5",
         "batch_size = 1000",
         "",
         "[state]",
