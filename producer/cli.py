@@ -24,7 +24,15 @@ from producer.config import Config, describe_errors, load_config, resolve_config
 from producer.errors import CdcError, ConfigError
 from producer.logs import configure_logging, redact_text, register_secrets
 from producer.model import ENTITIES, Entity
-from producer.status import Row, ago, checkpoint_row, confirm_command, print_rows, span
+from producer.status import (
+    ENTITY_COLUMNS,
+    Row,
+    ago,
+    checkpoint_row,
+    confirm_command,
+    print_rows,
+    span,
+)
 
 if TYPE_CHECKING:
     from producer.service import Service
@@ -313,19 +321,7 @@ async def _sync(config: Config, args: argparse.Namespace) -> int:
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
-_STATUS_COLUMNS: Final = (
-    "district",
-    "entity",
-    "cursor lag",
-    "last full sync",
-    "last delta sync",
-    "records",
-    "created",
-    "updated",
-    "deleted",
-    "dead letters",
-    "held deletes",
-)
+_STATUS_COLUMNS: Final = ("district", *ENTITY_COLUMNS)
 
 
 async def _status(config: Config, as_json: bool, out: TextIO) -> int:

@@ -13,12 +13,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from producer.checkpoints import Checkpoint
 
 #: A row as ``status --json`` prints it (one per district and entity).
 Row = dict[str, Any]
+
+
+#: The per-entity columns people read (``status`` in a table, the status page).
+ENTITY_COLUMNS: Final = (
+    "entity",
+    "last full sync",
+    "last delta sync",
+    "cursor lag",
+    "records",
+    "created",
+    "updated",
+    "deleted",
+    "dead letters",
+    "held deletes",
+)
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from producer.status import ago, span
+from producer.status import ENTITY_COLUMNS, ago, span
 
 #: Served with the page and the fragment: only our own script, no inline script, no other origin.
 CONTENT_SECURITY_POLICY: Final = (
@@ -80,19 +80,6 @@ code{font:13px ui-monospace,monospace;background:#f0f2f5;padding:1px 4px;border-
 .empty{color:#52606d}
 """
 
-_COLUMNS: Final = (
-    "entity",
-    "last full sync",
-    "last delta sync",
-    "cursor lag",
-    "records",
-    "created",
-    "updated",
-    "deleted",
-    "dead letters",
-    "held deletes",
-)
-
 
 def _e(value: object) -> str:
     """The one escaping function: any value as HTML text (quotes escaped for attributes)."""
@@ -142,7 +129,7 @@ def _district(d: Mapping[str, Any], now: datetime) -> str:
     ]
     if d.get("last_error"):
         parts.append(f'<p class="error">last error: {_e(d["last_error"])}</p>')
-    head = "".join(f"<th>{_e(c)}</th>" for c in _COLUMNS)
+    head = "".join(f"<th>{_e(c)}</th>" for c in ENTITY_COLUMNS)
     rows = "".join(_entity_row(r, now) for r in d.get("entities", ()))
     parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
     holds = [r for r in d.get("entities", ()) if r.get("held_deletes")]

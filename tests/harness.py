@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,42 @@ def make_config(
         "districts": [district_entry(sim, i, **(district_overrides or {})) for i in ids],
     }
     return config_from_mapping(data, {})
+
+
+def write_config_file(
+    path: Path,
+    *,
+    bootstrap: str,
+    prefix: str,
+    districts: Sequence[Mapping[str, Any]] = (),
+    sync: Mapping[str, Any] | None = None,
+    listen: str = "127.0.0.1:0",
+    classlink_host: str | None = None,
+) -> Path:
+    """A TOML config file, as a user writes one (JSON values are valid TOML values); with
+    ``classlink_host``, ``[classlink]`` reads its api_key from ``$SIM_CLASSLINK_KEY``."""
+    lines = [
+        "[kafka]",
+        f"bootstrap_servers = {json.dumps(bootstrap)}",
+        f"topic_prefix = {json.dumps(prefix)}",
+        f"client_id = {json.dumps(prefix)}",
+        "partitions = 2",
+        "replication_factor = 1",
+        "[sync]",
+        *(f"{k} = {json.dumps(v)}" for k, v in {"overlap": "5s", **(sync or {})}.items()),
+        "[state]",
+        f"dir = {json.dumps(str(path.parent / 'state'))}",
+        "[http]",
+        f"listen = {json.dumps(listen)}",
+    ]
+    if classlink_host is not None:
+        lines += [
+            "[classlink]",
+            'api_key = "env:SIM_CLASSLINK_KEY"',
+            f"host = {json.dumps(classlink_host)}",
+        ]
+    for entry in districts:
+        lines.append("[[districts]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

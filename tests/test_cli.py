@@ -55,8 +55,11 @@ def write_config(
     return path
 
 
-async def cli(*args: str, limit: float = 120.0) -> tuple[int, str, str]:
-    """Run ``oneroster-cdc ARGS``; (exit code, stdout, stderr)."""
+async def cli(
+    *args: str, limit: float = 120.0, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run ``oneroster-cdc ARGS`` (with extra environment variables); (exit code, stdout,
+    stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -65,6 +68,7 @@ async def cli(*args: str, limit: float = 120.0) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), limit)
     assert proc.returncode is not None

@@ -3,14 +3,12 @@ against the simulator and the real broker), including the outside servers' quirk
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,73 +16,16 @@ import pytest
 
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
-from tests.harness import district_entry, make_config
+from tests.harness import district_entry, make_config, write_config_file
 from tests.test_cli import ROOT, cli, free_port
 
 SHA1_ONLY = frozenset({"oauth1_sha1_only"})
 CORE_SCOPE = "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly"
 
 
-def config_file(
-    path: Path,
-    sim: Simulator,
-    *,
-    bootstrap: str,
-    prefix: str,
-    districts: Sequence[dict[str, Any]] = (),
-    classlink: bool = False,
-    sync: dict[str, Any] | None = None,
-) -> Path:
-    """A TOML config with the given ``[[districts]]`` tables (JSON values are TOML values)."""
-    lines = [
-        "[kafka]",
-        f"bootstrap_servers = {json.dumps(bootstrap)}",
-        f"topic_prefix = {json.dumps(prefix)}",
-        f"client_id = {json.dumps(prefix)}",
-        "partitions = 2",
-        "replication_factor = 1",
-        "[sync]",
-        'overlap = "5s"',
-        *(f"{k} = {json.dumps(v)}" for k, v in (sync or {}).items()),
-        "[state]",
-        f"dir = {json.dumps(str(path.parent / 'state'))}",
-        "[http]",
-        'listen = "127.0.0.1:0"',
-    ]
-    if classlink:
-        lines += [
-            "[classlink]",
-            'api_key = "env:SIM_CLASSLINK_KEY"',
-            f"host = {json.dumps(sim.url)}",
-            'refresh_interval = "1h"',
-        ]
-    for entry in districts:
-        lines.append("[[districts]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def json_lines(text: str) -> list[dict[str, Any]]:
     """Every line of ``text`` parsed as JSON (a line that is not JSON fails the test)."""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-async def cli_env(*args: str, env: dict[str, str], limit: float = 120.0) -> tuple[int, str, str]:
-    """``oneroster-cdc ARGS`` with extra environment variables; (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "producer",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, **env},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), limit)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.mark.integration
@@ -99,13 +40,13 @@ async def test_sync_all_and_a_classlink_district_run_discovery(
         classlink_api_key="sim-key-0123",
     )
     async with sim.serve():
-        config = config_file(
-            tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix,
-            classlink=True,
+        config = write_config_file(
+            tmp_path / "c.toml", bootstrap=kafka_bootstrap, prefix=unique_prefix,
+            classlink_host=sim.url,
         )  # fmt: skip
         env = {"SIM_CLASSLINK_KEY": "sim-key-0123"}
         district = f"classlink-{sim.district('cl').tenant_id}"
-        code, out, err = await cli_env("--config", str(config), "sync", "--all", "--json", env=env)
+        code, out, err = await cli("--config", str(config), "sync", "--all", "--json", env=env)
         assert code == 0, err[-3000:]
         rows = json_lines(out)
         assert {r["district"] for r in rows} == {district}
@@ -113,7 +54,7 @@ async def test_sync_all_and_a_classlink_district_run_discovery(
         users = next(r for r in rows if r["entity"] == "users")
         assert users["created"] == len(sim.district("cl").truth_state("users"))
 
-        code, out, err = await cli_env(
+        code, out, err = await cli(
             "--config", str(config), "sync", "--district", district, "--entity", "users", "--json",
             env=env,
         )  # fmt: skip
@@ -121,7 +62,7 @@ async def test_sync_all_and_a_classlink_district_run_discovery(
         assert [(r["district"], r["entity"], r["status"]) for r in json_lines(out)] == [
             (district, "users", "ok")
         ]
-        code, _out, err = await cli_env(
+        code, _out, err = await cli(
             "--config", str(config), "sync", "--district", "nowhere", env=env
         )
         assert code == 2
@@ -146,8 +87,8 @@ async def test_a_failed_district_is_a_json_row_and_an_error_event_naming_the_key
     )
     async with sim.serve():
         districts = [district_entry(sim, "good"), district_entry(sim, "sha1")]
-        config = config_file(
-            tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix,
+        config = write_config_file(
+            tmp_path / "c.toml", bootstrap=kafka_bootstrap, prefix=unique_prefix,
             districts=districts,
         )  # fmt: skip
         code, out, err = await cli(
@@ -171,8 +112,8 @@ async def test_a_failed_district_is_a_json_row_and_an_error_event_naming_the_key
         assert "signature_method" in event["error"]
 
         districts[1]["signature_method"] = "HMAC-SHA1"
-        config_file(
-            tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix,
+        write_config_file(
+            tmp_path / "c.toml", bootstrap=kafka_bootstrap, prefix=unique_prefix,
             districts=districts,
         )  # fmt: skip
         code, out, err = await cli("--config", str(config), "sync", "--district", "sha1", "--json")
@@ -190,8 +131,8 @@ async def test_piped_tables_are_whole_status_shows_ages_and_json_iso_times(
     long_id = "mjx-oakridge-unified-school-district-number-42-north-campus"
     sim = Simulator([DistrictSpec(id=long_id, version="1.2", size="tiny", seed=6)])
     async with sim.serve():
-        config = config_file(
-            tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix,
+        config = write_config_file(
+            tmp_path / "c.toml", bootstrap=kafka_bootstrap, prefix=unique_prefix,
             districts=[district_entry(sim, long_id)],
         )  # fmt: skip
         code, out, err = await cli("--config", str(config), "sync", "--all")
@@ -234,8 +175,8 @@ async def test_mass_delete_floor_lets_small_deletes_through_and_holds_an_emptied
     are held, with the `confirm-deletes` command in the result."""
     sim = Simulator([DistrictSpec(id="small", version="1.2", size="tiny", seed=7)])
     async with sim.serve():
-        config = config_file(
-            tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix,
+        config = write_config_file(
+            tmp_path / "c.toml", bootstrap=kafka_bootstrap, prefix=unique_prefix,
             districts=[district_entry(sim, "small")],
         )  # fmt: skip
         code, _out, err = await cli("--config", str(config), "sync", "--all")
@@ -326,8 +267,8 @@ async def test_outside_server_quirks_scope_filter_and_singular_demographic(
     async with sim.serve():
         entry = district_entry(sim, "outside")
         entry["scopes"] = []
-        config = config_file(
-            tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix,
+        config = write_config_file(
+            tmp_path / "c.toml", bootstrap=kafka_bootstrap, prefix=unique_prefix,
             districts=[entry],
         )  # fmt: skip
         code, out, err = await cli("--config", str(config), "sync", "--all", "--json")
@@ -338,8 +279,8 @@ async def test_outside_server_quirks_scope_filter_and_singular_demographic(
         assert "a scope is required" in failed["error"]
 
         entry["scopes"] = [CORE_SCOPE, CORE_SCOPE.replace("roster-core", "roster-demographics")]
-        config_file(
-            tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix,
+        write_config_file(
+            tmp_path / "c.toml", bootstrap=kafka_bootstrap, prefix=unique_prefix,
             districts=[entry],
         )  # fmt: skip
         code, out, err = await cli("--config", str(config), "sync", "--all", "--json")

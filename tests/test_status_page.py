@@ -21,7 +21,7 @@ from aiohttp import web
 
 from producer.simulator import DistrictSpec, Simulator
 from producer.status_page import render_fragment, render_page
-from tests.harness import district_entry
+from tests.harness import district_entry, write_config_file
 from tests.test_cli import ROOT, free_port
 
 T = TypeVar("T")
@@ -143,25 +143,10 @@ def _config(
         "request_timeout": "2s",
         "max_retries": 0,
     }
-    lines = [
-        "[kafka]",
-        f"bootstrap_servers = {json.dumps(bootstrap)}",
-        f"topic_prefix = {json.dumps(prefix)}",
-        f"client_id = {json.dumps(prefix)}",
-        "partitions = 2",
-        "replication_factor = 1",
-        "[sync]",
-        *(f"{k} = {json.dumps(v)}" for k, v in sync.items()),
-        "[state]",
-        f"dir = {json.dumps(str(path.parent / 'state'))}",
-        "[http]",
-        f'listen = "127.0.0.1:{port}"',
-    ]
-    for entry in (springfield, leaky_entry):
-        lines.append("[[districts]]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config_file(
+        path, bootstrap=bootstrap, prefix=prefix, districts=[springfield, leaky_entry], sync=sync,
+        listen=f"127.0.0.1:{port}",
+    )  # fmt: skip
 
 
 async def _until(
@@ -190,7 +175,6 @@ async def test_status_page_in_a_real_browser(
     chromium, driver_path = _browser_paths()
     from selenium import webdriver  # noqa: PLC0415
     from selenium.webdriver.chrome.service import Service as DriverService  # noqa: PLC0415
-    from selenium.webdriver.common.by import By  # noqa: PLC0415
 
     sim = Simulator([DistrictSpec(id="springfield", version="1.2", size="small", seed=21)])
     port = free_port()
@@ -229,21 +213,20 @@ async def test_status_page_in_a_real_browser(
             )
             await asyncio.to_thread(browser.get, base + "/")
 
-            def rows(district: str) -> list[Any]:
-                return list(
-                    browser.find_elements(By.CSS_SELECTOR, f'tr[data-district="{district}"]')
-                )
+            def seen(script: str) -> Any:
+                # One script run reads the page atomically: the fragment is swapped every 2 s,
+                # so elements found by one call may be gone by the next.
+                return browser.execute_script(script)
 
-            users_total = len(sim.district("springfield").truth_state("users"))
+            rows_script = """return Array.from(document.querySelectorAll('tr[data-district]'))
+                .map(r => [r.dataset.district, r.dataset.entity,
+                           Array.from(r.cells).map(c => c.textContent)]);"""
+            users_total = str(len(sim.district("springfield").truth_state("users")))
 
             def users_synced() -> bool:
-                found = rows("springfield")
-                cells = [
-                    r.find_elements(By.TAG_NAME, "td")
-                    for r in found
-                    if r.get_attribute("data-entity") == "users"
-                ]
-                return len(found) == 7 and bool(cells) and cells[0][4].text == str(users_total)
+                found = [r for r in seen(rows_script) if r[0] == "springfield"]
+                users = [r[2] for r in found if r[1] == "users"]
+                return len(found) == 7 and bool(users) and users[0][4] == users_total
 
             await _until("the snapshot's rows to appear", users_synced, within=120)
 
@@ -254,27 +237,37 @@ async def test_status_page_in_a_real_browser(
             command = "oneroster-cdc confirm-deletes --district springfield --entity classes"
 
             def held_shown() -> str:
-                codes = browser.find_elements(By.CSS_SELECTOR, "code.confirm")
-                return " ".join(c.text for c in codes)
+                return str(
+                    seen(
+                        "return Array.from(document.querySelectorAll('code.confirm'))"
+                        ".map(c => c.textContent).join(' ');"
+                    )
+                )
 
             assert command in await _until("the held delete", held_shown, within=90)
 
-            def failure_shown() -> str:
-                found = browser.find_elements(
-                    By.CSS_SELECTOR, 'section[data-district="leaky-district"] .error'
+            def failure_shown() -> list[Any]:
+                return list(
+                    seen(
+                        """const s = document.querySelector(
+                               'section[data-district="leaky-district"]');
+                        const e = s && s.querySelector('.error');
+                        if (!e || !s.querySelector('.circuit-open')) { return []; }
+                        return [e.textContent, e.querySelectorAll('*').length,
+                                document.querySelectorAll('main img').length,
+                                document.getElementById('connection').textContent,
+                                document.documentElement.outerHTML];"""
+                    )
                 )
-                section = browser.find_elements(
-                    By.CSS_SELECTOR, 'section[data-district="leaky-district"] .circuit-open'
-                )
-                return found[0].text if found and section else ""
 
-            error = await _until("the failing district's error", failure_shown, within=60)
+            error, markup, images, connection, source = await _until(
+                "the failing district's error", failure_shown, within=60
+            )
             assert "<b>bold</b>" in error  # shown as text, not rendered as markup
-            assert not browser.find_elements(By.CSS_SELECTOR, "section .error b, section img")
+            assert (markup, images) == (0, 0)
             assert "[REDACTED]" in error
-            source = await asyncio.to_thread(lambda: browser.page_source)
             assert SENTINEL not in source
-            assert browser.find_element(By.ID, "connection").text == "live"
+            assert connection == "live"
 
             shot = tmp_path / "status-page.png"
             assert await asyncio.to_thread(browser.save_screenshot, str(shot))

@@ -31,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-QUIRKS: Final = frozenset(
+#: Quirks of the records served (applied by ``apply``).
+_RECORD_QUIRKS: Final = frozenset(
     (
         "json_booleans",
         "empty_roles",
@@ -40,13 +41,6 @@ QUIRKS: Final = frozenset(
         "date_no_fraction",
         "inactive_status",
         "missing_optional",
-        "status_info_set",
-        "x_count",
-        "no_total_count",
-        "scope_required",
-        "oauth1_sha1_only",
-        "singular_demographic",
-        "filter_empty_list",
     )
 )
 #: Quirks of the server, not of the records it serves.
@@ -61,7 +55,7 @@ SERVER_QUIRKS: Final = frozenset(
         "filter_empty_list",
     )
 )
-_RECORD_QUIRKS: Final = QUIRKS - SERVER_QUIRKS
+QUIRKS: Final = _RECORD_QUIRKS | SERVER_QUIRKS
 _BOOLEAN_FIELDS: Final = frozenset(
     (
         "enabledUser",
