@@ -153,7 +153,8 @@ async def test_listing_cut_short_by_errors_deletes_nothing_and_keeps_the_cursor(
     failed = await run_cli(config, "sync", "--district", DISTRICT, "--full", logs=logs)
     assert d.plan.fired.get("server_error", 0) > 0
     assert failed.returncode == 1
-    assert "failed: mass" in failed.stderr
+    assert "sync.district_failed" in failed.stderr
+    assert f'"district":"{DISTRICT}"' in failed.stderr
     assert (await rebuild(kafka_bootstrap, unique_prefix)).ops["DELETED"] == 0
     assert (await read_checkpoints(kafka_bootstrap, unique_prefix))[
         f"{DISTRICT}/users"
