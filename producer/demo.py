@@ -195,7 +195,8 @@ async def run_demo(args: argparse.Namespace, *, config_path: Path | None) -> int
             running = asyncio.create_task(daemon.run(install_signals=False))
             await daemon.started.wait()
             if daemon.http is not None:
-                print(f"demo: {daemon.http.url}/metrics  {daemon.http.url}/readyz", flush=True)
+                url = daemon.http.url
+                print(f"demo: status page {url}/  ({url}/metrics, {url}/readyz)", flush=True)
             helpers = [
                 asyncio.create_task(_printer(config, counts)),
                 asyncio.create_task(_mutator(sim)),
