@@ -14,7 +14,10 @@ import aiohttp
 import pytest
 import yarl
 
+from producer.auth import OAuth1Signer
+from producer.model import Secret
 from producer.simulator import FAULT_KINDS, QUIRKS, DistrictSpec, Faults, Simulator
+from producer.simulator.auth import ALL_SCOPES
 
 
 @pytest.fixture
@@ -271,10 +274,14 @@ CHECKS = {
 }
 
 
-@pytest.mark.parametrize("quirk", sorted(QUIRKS))
+#: Quirks of outside servers, observed by ``test_outside_server_quirks_show_and_are_absent...``.
+OUTSIDE = {"scope_required", "oauth1_sha1_only", "singular_demographic", "filter_empty_list"}
+
+
+@pytest.mark.parametrize("quirk", sorted(QUIRKS - OUTSIDE))
 async def test_each_quirk_is_observable_and_absent_without_it(http, quirk):
     """With the quirk on, the page shows it; without any quirk, the same check fails."""
-    assert set(CHECKS) == QUIRKS
+    assert set(CHECKS) | OUTSIDE == QUIRKS
     body, headers = await quirky_page(http, quirk)
     assert CHECKS[quirk](body, headers)
     plain_sim, ctx = await start()
@@ -286,3 +293,64 @@ async def test_each_quirk_is_observable_and_absent_without_it(http, quirk):
     finally:
         await ctx.__aexit__(None, None, None)
     assert not CHECKS[quirk](plain, plain_headers)
+
+
+async def _outside_answers(http: aiohttp.ClientSession, quirks: Iterable[str]) -> dict[str, Any]:
+    """What a 1.2 and a 1.1 district say to the requests the outside-server quirks change."""
+    sim = Simulator(
+        [
+            DistrictSpec(id="d", version="1.2", size="tiny", quirks=frozenset(quirks)),
+            DistrictSpec(id="v11", version="1.1", size="tiny", quirks=frozenset(quirks)),
+        ]
+    )
+    async with sim.serve():
+        d, v11 = sim.district("d"), sim.district("v11")
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": d.spec.client_id,
+            "client_secret": d.spec.client_secret,
+        }
+        async with http.post(d.token_url, data=form) as resp:
+            token = (resp.status, await resp.json())
+        scoped = {**form, "scope": " ".join(ALL_SCOPES)}
+        async with http.post(d.token_url, data=scoped) as resp:
+            headers = {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
+        sid = sorted(d.truth_state("demographics"))[0]
+        async with http.get(f"{d.oneroster_url}/demographics/{sid}", headers=headers) as resp:
+            single = await resp.json()
+        url = users_url(sim, filter="dateLastModified>'2000-01-01T00:00:00.000Z'")
+        async with http.get(url, headers=headers) as resp:
+            filtered = (await resp.json(), resp.headers.get("X-Total-Count"))
+        signed = {}
+        for method in ("HMAC-SHA256", "HMAC-SHA1"):
+            signer = OAuth1Signer(
+                client_id=v11.spec.client_id,
+                client_secret=Secret(v11.spec.client_secret),
+                signature_method=method,
+            )
+            target = yarl.URL(f"{v11.oneroster_url}/orgs?limit=1", encoded=True)
+            async with http.get(target, headers=signer.sign("GET", target)) as resp:
+                signed[method] = (resp.status, await resp.json())
+    return {"token": token, "single": single, "filtered": filtered, "signed": signed}
+
+
+async def test_outside_server_quirks_show_and_are_absent_without_them(http):
+    """`scope_required` refuses a token request without scope (400 invalid_scope);
+    `singular_demographic` answers one demographics record under `demographic`;
+    `filter_empty_list` answers a filter with an empty list and a total of 0;
+    `oauth1_sha1_only` refuses HMAC-SHA256 with `{"error": "invalid_signature"}` and accepts
+    HMAC-SHA1. Without the quirks the same requests get the spec's answers."""
+    quirky = await _outside_answers(http, OUTSIDE)
+    assert quirky["token"][0] == 400
+    assert quirky["token"][1]["error"] == "invalid_scope"
+    assert set(quirky["single"]) == {"demographic"}
+    assert quirky["filtered"] == ({"users": []}, "0")
+    assert quirky["signed"]["HMAC-SHA256"] == (401, {"error": "invalid_signature"})
+    assert quirky["signed"]["HMAC-SHA1"][0] == 200
+
+    plain = await _outside_answers(http, ())
+    assert plain["token"][0] == 200
+    assert set(plain["single"]) == {"demographics"}
+    assert plain["filtered"][0]["users"]
+    assert plain["signed"]["HMAC-SHA256"][0] == 200
+    assert plain["signed"]["HMAC-SHA1"][0] == 401
