@@ -315,7 +315,8 @@ async def test_demo_probe_of_a_missing_broker_logs_nothing() -> None:
     """`demo`'s broker probe answers False for a port nobody listens on and logs nothing (no
     aiokafka "Unable connect" error before the demo starts its own broker)."""
     from producer.config import config_from_mapping  # noqa: PLC0415
-    from producer.demo import _broker_answers  # noqa: PLC0415
+    from producer.kafka.options import connection_options  # noqa: PLC0415
+    from producer.kafka.probe import broker_answers  # noqa: PLC0415
     from producer.logs import configure_logging  # noqa: PLC0415
 
     stream = io.StringIO()
@@ -324,7 +325,7 @@ async def test_demo_probe_of_a_missing_broker_logs_nothing() -> None:
         config = config_from_mapping(
             {"kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"}}, {}
         )
-        assert await _broker_answers(config) is False
+        assert await broker_answers(connection_options(config.kafka, role="demo")) is False
     finally:
         configure_logging("json", "INFO", stream=sys.stderr)
     assert stream.getvalue() == ""
