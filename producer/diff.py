@@ -42,7 +42,7 @@ stamps a new dateLastModified.
 
 ``encode`` encodes the new canonical record once and uses those bytes both as the state value
 (single-object) and inside the event's ``after``; pass ``before_body`` (the prior state value's
-body, ``avro.body_of(state_bytes)``) to skip re-encoding the prior image.
+body, ``Schemas.current_body(state_bytes)``) to skip re-encoding the prior image.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from producer.avro import CHANGE_NAMES, RECORD_NAMES, Schemas, headers
-from producer.model import CanonicalRecord, Entity, Status, record_key
+from producer.model import RENAMED_FIELDS, CanonicalRecord, Entity, Status, record_key
 
 Op = Literal["CREATED", "UPDATED", "DELETED"]
 SyncMode = Literal["DELTA", "FULL"]
@@ -145,9 +145,14 @@ def raw_digest(raw: Any) -> bytes | None:
 
 
 def digest(data: Mapping[str, Any]) -> bytes:
-    """16-byte BLAKE2b of the canonical record without ``dateLastModified``."""
+    """16-byte BLAKE2b of the canonical record without ``dateLastModified``, its fields under
+    their OneRoster names (``RENAMED_FIELDS``: the digest of an enrollment is the one schema
+    0.1.0 gave it, when the field was still ``class``)."""
     rest = dict(data)
     rest.pop(_DLM, None)
+    for name, oneroster_name in RENAMED_FIELDS.items():
+        if name in rest:
+            rest[oneroster_name] = rest.pop(name)
     return hashlib.blake2b(
         orjson.dumps(rest, option=orjson.OPT_SORT_KEYS), digest_size=DIGEST_SIZE
     ).digest()
@@ -327,7 +332,7 @@ def encode(
     """Event bytes, event headers and state bytes of ``change``; the record is encoded once.
 
     ``before_body`` is used only when ``change.before`` is set; it must be the body of exactly
-    that prior record (``avro.body_of`` of its state value).
+    that prior record (``Schemas.current_body`` of its state value).
 
     Raises ``EncodingError`` when a value does not fit its schema.
     """

@@ -7,7 +7,7 @@ resources are entered in one ``AsyncExitStack`` so teardown runs in reverse:
 2. Writer: start the transactional producer of this shard. Its start fences any older instance
    with the same ``transactional_id`` and aborts the transaction it left open, so what follows
    reads only committed data.
-3. Schemas: publish every schema once to ``<prefix>.schemas`` (keyed by fingerprint).
+3. Schemas: publish to ``<prefix>.schemas`` (keyed by fingerprint) the schemas it lacks.
 4. State: restore the local store from the state topic (warm: only the tail).
 5. Checkpoints: read every committed checkpoint.
 Then the service is ready; ``poll`` runs one district's pass (the scheduler's ``DistrictRunner``).
@@ -53,10 +53,11 @@ from producer.kafka_options import (
 from producer.metrics import Metrics
 from producer.model import Entity
 from producer.retry import RetryPolicy
+from producer.schema_topic import missing, read_published, schema_records
 from producer.state import StateStore, restore_from_kafka
 from producer.sync import CheckpointBook, DistrictSync, EntityResult, SyncSettings
 from producer.topics import TopicNames, ensure_topics
-from producer.writer import OutRecord, TransactionalWriter
+from producer.writer import TransactionalWriter
 
 log = structlog.get_logger(__name__)
 
@@ -191,12 +192,11 @@ class Service:
         await self._writer.start()
         self._stack.push_async_callback(self._writer.close)
         # 3.
-        await self._writer.publish(
-            [
-                OutRecord(self.topics.schemas, fp.encode(), schema.encode())
-                for fp, schema in self.schemas.published()
-            ]
-        )
+        published = await read_published(self.topics.schemas, consumer_cfg)
+        unpublished = missing(schema_records(self.schemas, self.topics.schemas), published)
+        if unpublished:
+            await self._writer.publish(unpublished)
+        log.info("schemas_published", count=len(unpublished))
         # 4.
         stats = await restore_from_kafka(
             self._store, topic=self.topics.state, consumer_config=consumer_cfg

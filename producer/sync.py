@@ -41,7 +41,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from producer import diff as differ
-from producer.avro import DEAD_LETTER, Schemas, body_of, headers
+from producer.avro import DEAD_LETTER, Schemas, headers
 from producer.checkpoints import Checkpoint, encode_checkpoint, format_cursor, fresh
 from producer.errors import EncodingError, FilterUnsupported, Forbidden, ListingIncomplete
 from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, Version
@@ -412,7 +412,8 @@ class DistrictSync:
         full = self._store.get(record.entity, self.district_id, sid) if stored else None
         if full is not None:
             prior = (full.digest, self._schemas.decode(full.value).value)
-            before_body = body_of(full.value)
+            # A state value an older release wrote is re-encoded, not spliced.
+            before_body = self._schemas.current_body(full.value)
         change = differ.diff(record, prior, new_digest=new_digest)
         if change is None:
             return
@@ -577,7 +578,7 @@ class DistrictSync:
                     continue
                 data = self._schemas.decode(prior.value).value
                 change = differ.absent(entity, self.district_id, sid, (prior.digest, data))
-                self._emit(state, change, "FULL", body_of(prior.value))
+                self._emit(state, change, "FULL", self._schemas.current_body(prior.value))
             known = self._store.digests(entity, self.district_id, [r.sourced_id for r in present])
             for record in present:
                 self._record(record, known, state, "FULL")

@@ -15,14 +15,17 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
 
+from producer.avro import RECORD_NAMES
+from producer.avro import headers as avro_headers
 from producer.errors import BrokerUnavailable, ClientClosed, Fenced
+from producer.model import Entity
 from producer.state import StateStore, StateWrite, state_key
 
 log = structlog.get_logger(__name__)
@@ -58,12 +61,18 @@ class Batch:
 
 
 def state_record(topic: str, write: StateWrite) -> OutRecord:
-    """The state-topic record of a store write: the encoded canonical record, or a tombstone."""
+    """The state-topic record of a store write: the encoded canonical record (headers
+    ``content-type``, ``schema``, ``entity``, ``digest``, ``raw-digest``), or a tombstone
+    (``entity`` only)."""
     key = state_key(write.entity, write.district_id, write.sourced_id).encode()
     if write.value is None:
         return OutRecord(topic, key, None, [("entity", write.entity.encode())])
     assert write.digest is not None
-    headers = [("entity", write.entity.encode()), ("digest", write.digest)]
+    headers = [
+        *avro_headers(RECORD_NAMES[cast("Entity", write.entity)]),
+        ("entity", write.entity.encode()),
+        ("digest", write.digest),
+    ]
     if write.raw_digest is not None:
         headers.append(("raw-digest", write.raw_digest))
     return OutRecord(topic, key, write.value, headers)
