@@ -1,11 +1,11 @@
 """The topics as consumers see them: one description that renders the README's topic table and
 the AsyncAPI 3.0 document ``docs/asyncapi.yaml``.
 
-Topic names and configs come from ``producer.topics`` (what the producer creates), value schemas
-from ``schemas/`` (``producer.avro``), keys and headers from here. ``python -m producer.contract``
-rewrites ``docs/asyncapi.yaml``; tests assert that the committed file and the README's table
-equal what this module renders, and ``make check`` validates the document with the AsyncAPI
-parser (``contract/asyncapi``).
+Topic names and configs come from ``producer.kafka.topics`` (what the producer creates), value
+schemas from ``schemas/`` (``producer.avro``), keys and headers from here.
+``python -m producer.contract`` rewrites ``docs/asyncapi.yaml``; tests assert that the committed
+file and the README's table equal what this module renders, and ``make check`` validates the
+document with the AsyncAPI parser (``contract/asyncapi``).
 
 Avro payloads are the self-contained schemas the producer publishes to ``<prefix>.schemas``
 (each named type defined at its first use), without type ``aliases``: AsyncAPI's Avro
@@ -40,8 +40,8 @@ from producer.avro import (
     SCHEMA_DIR,
     Schemas,
 )
+from producer.kafka.topics import TopicNames, TopicSettings, topic_specs
 from producer.model import ENTITIES, Entity
-from producer.topics import TopicNames, TopicSettings, topic_specs
 
 ASYNCAPI_PATH: Final = SCHEMA_DIR.parent / "docs" / "asyncapi.yaml"
 AVRO_FORMAT: Final = "application/vnd.apache.avro;version=1.9.0"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from producer.avro import Schemas
+from producer.events import OutRecord
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
-from producer.writer import OutRecord
 from tests.checker import ENTITIES, read_all
 from tests.harness import make_config
 

@@ -12,8 +12,8 @@ import yaml
 
 from producer.avro import CHANGE_NAMES, CHECKPOINT, DEAD_LETTER, RECORD_NAMES, Schemas
 from producer.contract import ASYNCAPI_PATH, TOPICS, asyncapi, readme_table, to_yaml
+from producer.kafka.topics import TopicNames, TopicSettings, topic_specs
 from producer.model import ENTITIES
-from producer.topics import TopicNames, TopicSettings, topic_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATOR = ROOT / "contract" / "asyncapi"
