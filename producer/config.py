@@ -286,6 +286,9 @@ class StateConfig(_Section):
     """``[state]``: the local store, rebuilt from the state topic when missing."""
 
     dir: FilePath = Path("./state")
+    #: An existing state directory or file that group or others can read: ``"tighten"`` it to
+    #: 0700/0600 (with a warning) or ``"refuse"`` to start, saying how to fix it.
+    permissions: Literal["tighten", "refuse"] = "tighten"
 
 
 class HttpConfig(_Section):

@@ -179,7 +179,10 @@ class Service:
         await ensure_topics(
             connection_options(kafka, role="admin"), self.topics, topic_settings(kafka)
         )
-        self._store = StateStore(Path(self.config.state.dir) / f"{kafka.transactional_id}.sqlite")
+        self._store = StateStore(
+            Path(self.config.state.dir) / f"{kafka.transactional_id}.sqlite",
+            permissions=self.config.state.permissions,
+        )
         self._stack.callback(self._store.close)
         # 2.
         self._writer = TransactionalWriter(
