@@ -165,8 +165,20 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{path}: ok: {len(config.districts)} district(s), "
         f"broker {','.join(config.kafka.bootstrap_servers)}, prefix {config.kafka.topic_prefix!r}"
         + (", ClassLink discovery on" if config.classlink else "")
+        + (
+            f", privacy: {_privacy_summary(config)}"
+            if config.privacy.omit or config.privacy.hash
+            else ""
+        )
     )
     return 0
+
+
+def _privacy_summary(config: Config) -> str:
+    from producer.privacy import PrivacyRules  # noqa: PLC0415
+
+    privacy = config.privacy
+    return PrivacyRules.parse(privacy.omit, privacy.hash, privacy.hash_key).describe()
 
 
 async def _sync(config: Config, args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ from producer.kafka_options import (
 )
 from producer.metrics import Metrics
 from producer.model import Entity
+from producer.privacy import PrivacyRules
 from producer.retry import RetryPolicy
 from producer.state import StateStore, restore_from_kafka
 from producer.sync import CheckpointBook, DistrictSync, EntityResult, SyncSettings
@@ -127,6 +128,8 @@ class Service:
         self.topics = TopicNames(config.kafka.topic_prefix)
         self.schemas = Schemas.load()
         self.book = CheckpointBook()
+        privacy = config.privacy
+        self.privacy = PrivacyRules.parse(privacy.omit, privacy.hash, privacy.hash_key)
         self.ready = False
         self.restored = False
         self._stack = AsyncExitStack()
@@ -405,6 +408,7 @@ class Service:
             ),
             entities=source.entities,
             observer=self.observer,
+            privacy=self.privacy,
         )
         self._syncs[district_id] = engine
         return engine
