@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from producer.avro import CHECKPOINT, Schemas, headers
 from producer.errors import BrokerUnavailable
+from producer.kafka_authz import denied
 from producer.model import Entity
 from producer.normalise import format_timestamp
 from producer.state import topic_partitions
@@ -105,6 +106,9 @@ async def load_checkpoints(
                 if await consumer.position(tp) >= end[tp]:
                     pending.discard(tp)
     except KafkaError as exc:
+        refused = denied(exc, operation="Read", topic=topic, options=consumer_config)
+        if refused is not None:
+            raise refused from exc
         raise BrokerUnavailable(f"reading checkpoints from {topic} failed: {exc}") from exc
     finally:
         await consumer.stop()

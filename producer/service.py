@@ -7,9 +7,10 @@ resources are entered in one ``AsyncExitStack`` so teardown runs in reverse:
 2. Writer: start the transactional producer of this shard. Its start fences any older instance
    with the same ``transactional_id`` and aborts the transaction it left open, so what follows
    reads only committed data.
-3. Schemas: publish every schema once to ``<prefix>.schemas`` (keyed by fingerprint).
-4. State: restore the local store from the state topic (warm: only the tail).
-5. Checkpoints: read every committed checkpoint.
+3. State: restore the local store from the state topic (warm: only the tail).
+4. Checkpoints: read every committed checkpoint.
+5. Schemas: publish every schema once to ``<prefix>.schemas`` (keyed by fingerprint). Last, so
+   a start that cannot read (a missing Read ACL) has written nothing.
 Then the service is ready; ``poll`` runs one district's pass (the scheduler's ``DistrictRunner``).
 """
 
@@ -197,24 +198,24 @@ class Service:
         await self._writer.start()
         self._stack.push_async_callback(self._writer.close)
         # 3.
-        await self._writer.publish(
-            [
-                OutRecord(self.topics.schemas, fp.encode(), schema.encode())
-                for fp, schema in self.schemas.published()
-            ]
-        )
-        # 4.
         stats = await restore_from_kafka(
             self._store, topic=self.topics.state, consumer_config=consumer_cfg
         )
         self.restored = True
         keys = self._store.count()
         self.metrics.state_keys(keys)
-        # 5.
+        # 4.
         self.book = CheckpointBook(
             await load_checkpoints(
                 self.schemas, topic=self.topics.checkpoints, consumer_config=consumer_cfg
             )
+        )
+        # 5.
+        await self._writer.publish(
+            [
+                OutRecord(self.topics.schemas, fp.encode(), schema.encode())
+                for fp, schema in self.schemas.published()
+            ]
         )
         self._admin = AIOKafkaAdminClient(**connection_options(kafka, role="health"))
         await self._admin.start()

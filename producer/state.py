@@ -31,9 +31,11 @@ from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from producer.errors import BrokerUnavailable, ClientClosed
+from producer.kafka_authz import denied
 from producer.private import Policy, private_sqlite, private_umask
 
 log = structlog.get_logger(__name__)
@@ -264,11 +266,16 @@ class StateStore:
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, refreshing the consumer's metadata if it has none yet."""
+    """The partitions of ``topic``, refreshing the consumer's metadata if it has none yet.
+
+    Raises ``TopicAuthorizationFailedError`` when the broker hides the topic from this principal
+    (no Describe, Read or Write ACL on it)."""
     parts = consumer.partitions_for_topic(topic)
-    for _ in range(50):
+    for attempt in range(50):
         if parts:
             break
+        if attempt == 0:
+            await _check_topic_access(consumer, topic)
         # aiokafka has no public call that refreshes metadata for an unsubscribed topic.
         cluster = await consumer._client.fetch_all_metadata()
         parts = cluster.partitions_for_topic(topic)
@@ -277,6 +284,17 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     if not parts:
         raise BrokerUnavailable(f"topic {topic!r} does not exist or has no partitions")
     return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+async def _check_topic_access(consumer: AIOKafkaConsumer, topic: str) -> None:
+    """Ask for ``topic``'s metadata by name: a listing of all topics silently leaves out those
+    the principal may not see, a request by name says so (``TopicAuthorizationFailedError``)."""
+    client = consumer._client
+    request = MetadataRequest([topic], allow_auto_topic_creation=False)
+    response = await client.send(client.get_random_node(), request)
+    for entry in response.topics:
+        if entry[1] == topic and entry[0] == TopicAuthorizationFailedError.errno:
+            raise TopicAuthorizationFailedError(topic)
 
 
 def _header(headers: Sequence[tuple[str, bytes]], name: str) -> bytes | None:
@@ -357,6 +375,9 @@ async def restore_from_kafka(
     except TimeoutError as exc:
         raise BrokerUnavailable(f"state restore from {topic} took over {max_seconds}s") from exc
     except KafkaError as exc:
+        refused = denied(exc, operation="Read", topic=topic, options=consumer_config)
+        if refused is not None:
+            raise refused from exc
         raise BrokerUnavailable(f"state restore from {topic} failed: {exc}") from exc
     finally:
         if writing is not None and not writing.done():

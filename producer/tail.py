@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from producer.avro import Schemas
 from producer.config import Config
 from producer.errors import BrokerUnavailable
+from producer.kafka_authz import denied
 from producer.kafka_options import consumer_options
 from producer.model import Entity
 from producer.state import topic_partitions
@@ -94,8 +95,9 @@ async def tail(
     """Print events until ``limit`` events, ``idle_timeout`` idle seconds, or cancellation."""
     schemas = Schemas.load()
     topic = TopicNames(config.kafka.topic_prefix).events(entity)
+    options = consumer_options(config.kafka)
     consumer = AIOKafkaConsumer(
-        **consumer_options(config.kafka), isolation_level="read_committed", enable_auto_commit=False
+        **options, isolation_level="read_committed", enable_auto_commit=False
     )
     printed = 0
     prefix = f"{district}/".encode() if district else None
@@ -121,6 +123,9 @@ async def tail(
                 schemas, messages, prefix=prefix, as_json=as_json, budget=budget, out=out
             )
     except KafkaError as exc:
+        refused = denied(exc, operation="Read", topic=topic, options=options)
+        if refused is not None:
+            raise refused from exc
         raise BrokerUnavailable(f"tail {topic}: {exc}") from exc
     except asyncio.CancelledError:
         pass

@@ -23,6 +23,7 @@ from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
 
 from producer.errors import BrokerUnavailable, ClientClosed, Fenced
+from producer.kafka_authz import denied
 from producer.state import StateStore, StateWrite, state_key
 
 log = structlog.get_logger(__name__)
@@ -118,6 +119,11 @@ class TransactionalWriter:
             raise Fenced(f"transactional_id {self.transactional_id!r} is fenced") from exc
         except (KafkaError, OSError) as exc:
             await _quiet_stop(producer)
+            refused = denied(
+                exc, operation="Write", transactional_id=self.transactional_id, options=self._config
+            )
+            if refused is not None:
+                raise refused from exc
             raise BrokerUnavailable(f"cannot start the Kafka producer: {exc}") from exc
         self._producer = producer
 
@@ -140,8 +146,9 @@ class TransactionalWriter:
         7. Only after the commit: apply the state writes, with the offsets they reached, to the
            local store.
         Any failure aborts the transaction (or leaves it to be aborted by the next start) and
-        raises ``BrokerUnavailable`` (retriable: redo the batch from committed state) or
-        ``Fenced`` (stop: another instance owns this shard). The store is not touched.
+        raises ``BrokerUnavailable`` (retriable: redo the batch from committed state),
+        ``NotAuthorized`` (stop: an ACL is missing; names it) or ``Fenced`` (stop: another
+        instance owns this shard). The store is not touched.
         """
         if batch.empty:
             return
@@ -157,6 +164,14 @@ class TransactionalWriter:
             except (KafkaError, IllegalOperation, OSError, TimeoutError) as exc:
                 fenced = isinstance(exc, ProducerFenced) or _fatal(producer)
                 await self._reset()
+                refused = denied(
+                    exc,
+                    operation="Write",
+                    transactional_id=self.transactional_id,
+                    options=self._config,
+                )
+                if refused is not None:
+                    raise refused from exc
                 if fenced:
                     raise Fenced(
                         f"transactional_id {self.transactional_id!r} was taken over by another "

@@ -30,11 +30,15 @@ ENTITIES = (
 
 
 async def read_all(
-    bootstrap: str, topic: str
+    bootstrap: str, topic: str, **options: Any
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    """Every committed record of ``topic`` up to its end, in partition order."""
+    """Every committed record of ``topic`` up to its end, in partition order (``options``: more
+    consumer settings, e.g. SASL credentials)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        **options,
     )
     await consumer.start()
     try:

@@ -8,6 +8,7 @@ in unencrypted PKCS#8 PEM, which both Python's ``ssl`` and Kafka's PEM keystore 
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 from dataclasses import dataclass
@@ -31,6 +32,18 @@ class Pki:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(self.server_chain), str(self.server_key))
         return context
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (for a broker a test starts)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,22 +25,11 @@ from producer.simulator import DistrictSpec, Simulator
 from tests.checker import ENTITIES, rebuild
 from tests.conftest import KAFKA_SCRIPT, broker_answers
 from tests.harness import make_config
-from tests.security_helpers import Pki, make_pki
+from tests.security_helpers import Pki, free_ports, make_pki
 
 pytestmark = pytest.mark.integration
 
 USER = "cdc-producer"
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass(frozen=True)
@@ -59,7 +47,7 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker
     """Starts the SASL_SSL broker for this module and stops it (removing its data) afterwards."""
     base = tmp_path_factory.mktemp("sasl")
     pki = make_pki(base / "pki")
-    port, cport, sport = _free_ports(3)
+    port, cport, sport = free_ports(3)
     password = secrets.token_urlsafe(18)
     env = {
         **os.environ,
