@@ -32,11 +32,10 @@ from datetime import UTC, datetime
 import structlog
 
 from producer import diff as differ
-from producer.avro import body_of
+from producer.errors import EncodingError
+from producer.events import Batch, OutRecord, SourceInfo
 from producer.model import ENTITIES, Entity
 from producer.service import Service
-from producer.state import StateWrite
-from producer.writer import Batch, OutRecord
 
 log = structlog.get_logger(__name__)
 
@@ -58,46 +57,37 @@ class ForgetResult:
 async def forget_district(service: Service, district_id: str, *, batch_size: int) -> ForgetResult:
     """Tombstone every record and checkpoint of ``district_id`` (steps in the module docstring);
     ``service`` must be started (its store restored, its checkpoints read)."""
-    store, schemas, topics = service.store, service.schemas, service.topics
+    store, encoder = service.store, service.encoder
     result = ForgetResult(district_id, uuid.uuid4().hex)
-    source = differ.SourceInfo(
-        version="", server=None, sync_mode="FULL", sync_id=result.sync_id, emitted_at=0
-    )
-    batch, pending = Batch(), 0
+    batch = Batch()
     with structlog.contextvars.bound_contextvars(district=district_id, sync_id=result.sync_id):
         for entity in ENTITIES:
             sids = list(store.sourced_ids(entity, district_id))
             for start in range(0, len(sids), batch_size):
                 chunk = sids[start : start + batch_size]
-                now = datetime.now(UTC)
+                source = SourceInfo("", None, "FULL", result.sync_id, datetime.now(UTC))
                 for sid, stored in sorted(store.get_many(entity, district_id, chunk).items()):
-                    before = schemas.decode(stored.value).value
+                    before, before_body = encoder.prior(stored.value)
                     change = dataclasses.replace(
                         differ.absent(entity, district_id, sid, (stored.digest, before)),
                         delete_reason=None,
                     )
-                    encoded = differ.encode(
-                        schemas,
-                        change,
-                        dataclasses.replace(source, emitted_at=now),
-                        before_body=body_of(stored.value),
-                    )
-                    topic, key = topics.events(entity), change.key.encode()
-                    batch.events.append(OutRecord(topic, key, encoded.event, encoded.event_headers))
-                    batch.events.append(OutRecord(topic, key, None, [("op", b"TOMBSTONE")]))  # 1.
-                    batch.state.append(StateWrite(entity, district_id, sid, None, None))  # 2.
-                    pending += 1
+                    # 1. and 2.: the DELETED event, its tombstone and the state tombstone.
+                    why = encoder.add_change(batch, change, source, before_body=before_body)
+                    if why is not None:  # the record was published, so it encodes: a bug
+                        raise EncodingError(f"forget {entity}/{sid}: {why}")
                 result.deleted[entity] = result.deleted.get(entity, 0) + len(chunk)
-                if pending >= batch_size:
+                if len(batch.state) >= batch_size:
                     await service.writer.commit(batch)
-                    batch, pending = Batch(), 0
+                    batch = Batch()
         # 3.
         for cp in service.book.all():
             if cp.district_id == district_id:
-                batch.events.append(OutRecord(topics.checkpoints, cp.key.encode(), None))
+                batch.events.append(OutRecord(encoder.topics.checkpoints, cp.key.encode(), None))
                 result.checkpoints += 1
         await service.writer.commit(batch)
         service.book.drop(district_id)
+        service.metrics.state_keys(store.count())
         log.info(
             "forget.done",
             records=result.total,

@@ -8,6 +8,7 @@ while creating topics ...). See the README's "Data protection" section for the f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from aiokafka.errors import (
@@ -32,7 +33,7 @@ AUTHORIZATION_CODES: Final = frozenset(
 )
 
 
-def principal_of(options: dict[str, Any]) -> str | None:
+def principal_of(options: Mapping[str, Any]) -> str | None:
     """The SASL user of aiokafka client options, if any (a name, not a secret)."""
     user = options.get("sasl_plain_username")
     return str(user) if user else None
@@ -53,7 +54,7 @@ def denied(
     operation: str,
     topic: str | None = None,
     transactional_id: str | None = None,
-    options: dict[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> NotAuthorized | None:
     """The ``NotAuthorized`` that ``exc`` stands for, or None when it is no authorization
     failure. ``operation`` is what the caller needed on a topic (``topic`` is the one it was

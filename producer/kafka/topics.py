@@ -26,7 +26,7 @@ from aiokafka.errors import (
 )
 
 from producer.errors import BrokerAuthFailed, BrokerUnavailable, NotAuthorized, TopicMisconfigured
-from producer.kafka_authz import AUTHORIZATION_CODES, principal_of
+from producer.kafka.authz import AUTHORIZATION_CODES, principal_of
 from producer.model import ENTITIES, Entity
 
 log = structlog.get_logger(__name__)
