@@ -11,9 +11,7 @@ producer, that every single one is needed.
 from __future__ import annotations
 
 import io
-import os
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +29,8 @@ from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
 from producer.tail import tail
 from tests.checker import read_all
-from tests.conftest import KAFKA_SCRIPT, broker_answers
 from tests.harness import make_config
-from tests.security_helpers import free_ports
+from tests.security_helpers import free_ports, own_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -151,37 +148,19 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
     base = tmp_path_factory.mktemp("acl")
     port, cport, sport = free_ports(3)
     passwords = {user: secrets.token_hex(12) for user in USERS}
-    env = {
-        **os.environ,
+    settings = {
         "KAFKA_PORT": str(port),
         "KAFKA_CONTROLLER_PORT": str(cport),
         "KAFKA_SASL_PLAINTEXT_PORT": str(sport),
         "KAFKA_AUTHORIZER": "standard",
         "KAFKA_PLAIN_USERS": ",".join(f"{u}:{p}" for u, p in passwords.items()),
         "KAFKA_ACL_ADMIN": "admin",
-        "KAFKA_DATA_DIR": str(base / "data"),
-        "KAFKA_HEAP": "-Xms128m -Xmx384m",
-        "KAFKA_START_TIMEOUT": "90",
     }
-    started = subprocess.run(
-        [str(KAFKA_SCRIPT), "start"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
-    )
-    try:
-        assert started.returncode == 0, started.stderr[-3000:]
-        assert broker_answers(f"127.0.0.1:{port}")
+    with own_broker(base / "data", settings) as plaintext:
         properties = (base / "data" / "server.properties").read_text()
         assert "super.users=User:admin\n" in properties
         assert "allow.everyone.if.no.acl.found=false\n" in properties
-        yield AclBroker(f"127.0.0.1:{port}", f"127.0.0.1:{sport}", passwords)
-    finally:
-        subprocess.run(
-            [str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True, timeout=60, check=False
-        )
+        yield AclBroker(plaintext, f"127.0.0.1:{sport}", passwords)
 
 
 @pytest.fixture
@@ -236,6 +215,7 @@ async def test_exact_acls_let_the_producer_sync_and_readers_read_only_their_topi
     await acl_broker.grant("producer", producer_acls(prefix, prefix))
     config = config_as("producer", acl_broker, sim, prefix, tmp_path / "state")
     async with Service(config) as service:
+        assert await service.broker_reachable()  # /readyz needs no ACL of its own
         results = await service.sync("acl")
     created = {r.entity: r.created for r in results}
     assert all(created[e] > 0 for e in ENTITIES), created

@@ -51,6 +51,8 @@ class TransactionalWriter:
         self._partitions: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._closed = False
+        #: Once fenced, never start another producer: it would fence the newer owner back.
+        self._fenced = False
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -76,6 +78,7 @@ class TransactionalWriter:
             await producer.start()
         except ProducerFenced as exc:
             await _quiet_stop(producer)
+            self._fenced = True
             raise Fenced(f"transactional_id {self.transactional_id!r} is fenced") from exc
         except (KafkaError, OSError) as exc:
             await _quiet_stop(producer)
@@ -115,6 +118,12 @@ class TransactionalWriter:
         async with self._lock:
             if self._closed:
                 raise ClientClosed("the writer is closed")
+            if self._fenced:
+                # Starting a new producer would fence the instance that fenced us in turn.
+                raise Fenced(
+                    f"transactional_id {self.transactional_id!r} was taken over by another "
+                    "instance; this writer no longer writes"
+                )
             await self.start()
             producer = self._producer
             assert producer is not None
@@ -133,6 +142,7 @@ class TransactionalWriter:
                 if refused is not None:
                     raise refused from exc
                 if fenced:
+                    self._fenced = True
                     raise Fenced(
                         f"transactional_id {self.transactional_id!r} was taken over by another "
                         "instance; this one stops writing"
