@@ -19,7 +19,8 @@ exists, the field is one of its schema's fields, a field required by the schema 
 ``status``, ``dateLastModified``) is never omitted or hashed, only nullable string fields are
 hashed, no field is both omitted and hashed, and ``hash`` needs ``hash_key``.
 
-Raw keys per canonical field: the field's own name; ``metadata_json`` is the raw ``metadata``;
+Raw keys per canonical field: the field's OneRoster name (``schoolClass`` is ``class``);
+``metadata_json`` is the raw ``metadata``;
 ``extensions_json`` stands for every raw key the entity's schema does not know; a user's
 ``roles`` includes the OneRoster 1.1 ``role`` and ``orgs`` it is built from. A hashed raw value
 that is an integer is hashed as its decimal text (as the normaliser reads it); one that is
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final, Literal
 
-from producer.model import ENTITIES, Entity, Secret
+from producer.model import ENTITIES, RENAMED_FIELDS, Entity, Secret
 from producer.normalise import known_keys
 
 FieldKind = Literal["required", "string", "optional"]
@@ -222,4 +223,4 @@ def _raw_keys(entity: Entity, canonical: str) -> frozenset[str]:
         return frozenset({"metadata"})
     if canonical == _EXTENSIONS:
         return frozenset()  # every unknown key: ``_EntityRules.drop_unknown``
-    return _RAW_KEYS.get((entity, canonical), frozenset({canonical}))
+    return _RAW_KEYS.get((entity, canonical), frozenset({RENAMED_FIELDS.get(canonical, canonical)}))

@@ -9,8 +9,8 @@ resources are entered in one ``AsyncExitStack`` so teardown runs in reverse:
    reads only committed data.
 3. State: restore the local store from the state topic (warm: only the tail).
 4. Checkpoints: read every committed checkpoint.
-5. Schemas: publish every schema once to ``<prefix>.schemas`` (keyed by fingerprint). Last, so
-   a start that cannot read (a missing Read ACL) has written nothing.
+5. Schemas: publish to ``<prefix>.schemas`` (keyed by fingerprint) the schemas it lacks. Last,
+   so a start that cannot read (a missing Read ACL) has written nothing.
 Then the service is ready; ``poll`` runs one district's pass (the scheduler's ``DistrictRunner``).
 """
 
@@ -51,6 +51,7 @@ from producer.kafka.options import (
     topic_settings,
 )
 from producer.kafka.probe import BrokerProbe
+from producer.kafka.reader import read_compacted
 from producer.kafka.restore import load_checkpoints, restore_from_kafka
 from producer.kafka.topics import TopicNames, ensure_topics
 from producer.kafka.writer import TransactionalWriter
@@ -213,7 +214,13 @@ class Service:
             )
         )
         # 5.
-        await self._writer.publish(self.encoder.schema_records())
+        published = await read_compacted(
+            consumer_cfg, self.topics.schemas, action=f"reading {self.topics.schemas} failed"
+        )
+        unpublished = self.encoder.schema_records(published)
+        if unpublished:
+            await self._writer.publish(unpublished)
+        log.info("schemas_published", count=len(unpublished))
         self._probe = BrokerProbe(connection_options(kafka, role="health"))
         await self._probe.start()
         self._stack.push_async_callback(self._probe.close)

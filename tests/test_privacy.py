@@ -84,6 +84,13 @@ def test_a_1_1_user_keeps_its_roles_when_extensions_are_omitted() -> None:
     assert record.data["roles"][0]["role"] == "student"  # type: ignore[union-attr]
 
 
+def test_a_renamed_field_is_omitted_under_its_oneroster_name() -> None:
+    """``enrollments.schoolClass`` (the schema's name) omits the raw ``class`` key."""
+    rules = PrivacyRules.parse(["enrollments.schoolClass"], [], None)
+    raw = {"sourcedId": "e1", "class": {"sourcedId": "c1"}, "user": {"sourcedId": "u1"}}
+    assert rules.apply("enrollments", raw) == {"sourcedId": "e1", "user": {"sourcedId": "u1"}}
+
+
 def test_demographics_star_leaves_only_the_required_fields() -> None:
     """``demographics.*`` omits every optional field: only key, status and date remain."""
     raw = {
