@@ -345,3 +345,39 @@ def test_check_config_validates_privacy_fields_against_the_schemas(tmp_path: Pat
     assert "omit demographics.birthDate" in good.stdout
     assert "hash users.email" in good.stdout
     assert KEY not in good.stdout + good.stderr
+
+
+@pytest.mark.integration
+async def test_rules_added_later_apply_on_the_next_full_sync(
+    sim: Simulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A deployment that synced without rules and then omits ``users.email``: a record is
+    re-normalised when next listed (a delta's overlap, then the full sync lists all), so after
+    a delta and a full sync every user has had exactly one UPDATED event whose
+    ``changed_fields`` is ``["email"]`` and whose ``after`` has no email, and nothing else was
+    emitted (as the README's "Changing the rules" says)."""
+
+    def config(privacy: dict[str, Any]) -> Any:
+        return make_config(
+            sim,
+            bootstrap=kafka_bootstrap,
+            prefix=unique_prefix,
+            state_dir=tmp_path / "state",
+            district_overrides={"entities": ["orgs", "users"]},
+            extra={"privacy": privacy},
+        )
+
+    async with Service(config({})) as service:
+        await service.sync("p1")
+    before = await rebuild(kafka_bootstrap, unique_prefix)
+    users = before.keys("users", "p1")
+    assert all(before.record("users", "p1", sid)["email"] for sid in users)
+    async with Service(config({"omit": ["users.email"]})) as service:
+        await service.sync("p1")  # re-reads only the overlap: those users are updated now
+        await service.sync("p1", full=True)  # lists everything: the rest are updated now
+    after = await rebuild(kafka_bootstrap, unique_prefix)
+    assert after.ops - before.ops == {"UPDATED": len(users)}
+    updates = [e for e in after.envelopes if e["op"] == "UPDATED"]
+    assert {e["sourced_id"] for e in updates} == users
+    assert all(e["changed_fields"] == ["email"] for e in updates)
+    assert all(e["after"]["email"] is None for e in updates)
