@@ -318,6 +318,12 @@ async def _forget(config: Config, district_id: str, *, force: bool) -> int:
         f"{district_id}: {result.total} record(s) deleted ({counts or 'none'}) and "
         f"{result.checkpoints} checkpoint(s) removed; compaction drops them from the state topic"
     )
+    if config.classlink is not None and district_id.startswith("classlink-"):
+        print(
+            f"{district_id}: a ClassLink district: unless its application is gone from "
+            "ClassLink, the next discovery adds it again and it is snapshotted anew",
+            file=sys.stderr,
+        )
     return 0
 
 

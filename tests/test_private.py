@@ -135,3 +135,25 @@ def test_permissions_config_key() -> None:
     with pytest.raises(ConfigError) as caught:
         config_from_mapping({"state": {"permissions": "loose"}}, {})
     assert caught.value.key == "state.permissions"
+
+
+def test_a_loose_dir_this_process_cannot_change_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When tightening fails (the directory belongs to another user: ``chmod`` raises
+    PermissionError, simulated here because tests may run as root), the start is refused with
+    the chmod command and a hint to make the daemon's user the owner."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+
+    def not_owner(self: Path, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "chmod", not_owner)
+    with pytest.raises(ConfigError) as caught:
+        private_dir(state)
+    message = str(caught.value)
+    assert "this process cannot change it" in message
+    assert f"chmod 700 {state}" in message
+    assert "owner" in message
