@@ -17,11 +17,12 @@ install: $(STAMP)
 check: lint types test
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(wildcard producer tests bench)
-	$(BIN)/ruff format --check $(wildcard producer tests bench)
+	$(BIN)/ruff check $(wildcard producer tests bench examples)
+	$(BIN)/ruff format --check $(wildcard producer tests bench examples)
 
 types: $(STAMP)
 	$(BIN)/mypy --strict producer
+	$(BIN)/mypy --strict examples/provision
 
 # Uses KAFKA_BOOTSTRAP when set; otherwise the test session starts its own broker (scripts/kafka).
 test: $(STAMP)
