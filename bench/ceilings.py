@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.sim import SimDistrict
+from producer.kafka.reader import topic_partitions
 from producer.simulator.auth import ALL_SCOPES
-from producer.state import topic_partitions
 
 Message = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]
 """(partition, key, value, headers) of one consumed record."""

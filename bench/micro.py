@@ -25,6 +25,7 @@ import orjson
 
 from producer import diff as differ
 from producer.avro import Schemas
+from producer.events import SourceInfo, encode
 from producer.model import CanonicalRecord
 from producer.normalise import normalise
 from producer.simulator import DistrictSpec, Simulator
@@ -72,7 +73,7 @@ def main() -> int:
         assert isinstance(rec, CanonicalRecord)
         canon.append(rec)
     digests = [differ.digest(c.data) for c in canon]
-    source = differ.SourceInfo("1.2", "http://sim", "FULL", "s" * 32, datetime.now(UTC))
+    source = SourceInfo("1.2", "http://sim", "FULL", "s" * 32, datetime.now(UTC))
     changes = [differ.diff(c, None, new_digest=g) for c, g in zip(canon, digests, strict=True)]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +114,7 @@ def main() -> int:
                 n,
             ),
             "encode (record body + envelope)": per_record(
-                lambda: [differ.encode(schemas, ch, source) for ch in changes if ch], n
+                lambda: [encode(schemas, ch, source) for ch in changes if ch], n
             ),
             "proposed: raw fingerprint (orjson.dumps + BLAKE2b)": per_record(
                 lambda: [

@@ -32,11 +32,11 @@ import structlog
 from bench import ceilings, scenarios
 from bench.sim import SimDistrict, SimProcess
 from producer.config import Config, config_from_mapping
-from producer.kafka_options import producer_options
+from producer.kafka.options import producer_options
+from producer.kafka.topics import TopicNames
 from producer.model import ENTITIES
 from producer.service import Service
 from producer.simulator.auth import ALL_SCOPES
-from producer.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,13 +24,14 @@ from bench.sim import SimDistrict, SimProcess, spread
 from producer.auth import OAuth2ClientCredentials
 from producer.client import OneRosterClient
 from producer.config import Config
+from producer.events import Batch
+from producer.kafka.restore import restore_from_kafka
 from producer.model import Entity, Secret
 from producer.retry import RetryPolicy
 from producer.scheduler import Scheduler
 from producer.service import Service
 from producer.simulator.auth import ALL_SCOPES
-from producer.state import StateStore, StateWrite, restore_from_kafka
-from producer.writer import Batch
+from producer.state import StateStore, StateWrite
 
 # -- the sync engine, end to end ------------------------------------------------------------
 

@@ -1,30 +1,22 @@
 """Sync checkpoints: per district and entity, the delta cursor, last syncs and counts.
 
 They live on the compacted ``<prefix>.checkpoints`` topic (key ``<district_id>/<entity>``,
-value an Avro ``Checkpoint``) and are written only inside the transaction that wrote the events
-they cover, so a committed cursor never runs ahead of committed data. At start the whole topic
-is read (read_committed; compacted, so it holds one record per key) into memory.
+value an Avro ``Checkpoint``, built by ``producer.events``) and are written only inside the
+transaction that wrote the events they cover, so a committed cursor never runs ahead of
+committed data. At start the whole topic is read into a ``CheckpointBook``
+(``producer.kafka.restore.load_checkpoints``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-
-from producer.avro import CHECKPOINT, Schemas, headers
-from producer.errors import BrokerUnavailable
 from producer.model import Entity
 from producer.normalise import format_timestamp
-from producer.state import topic_partitions
-from producer.writer import OutRecord
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,53 +57,28 @@ def format_cursor(moment: datetime) -> str:
     return format_timestamp(moment)
 
 
-def encode_checkpoint(schemas: Schemas, topic: str, cp: Checkpoint) -> OutRecord:
-    """The checkpoint-topic record of ``cp``."""
-    value = schemas.encode(CHECKPOINT, dataclasses.asdict(cp))
-    return OutRecord(topic, cp.key.encode(), value, headers(CHECKPOINT))
-
-
-def decode_checkpoint(schemas: Schemas, value: bytes) -> Checkpoint:
-    data = schemas.decode(value).value
-    fields = {f.name for f in dataclasses.fields(Checkpoint)}
-    return Checkpoint(**{k: v for k, v in data.items() if k in fields})
-
-
-async def load_checkpoints(
-    schemas: Schemas, *, topic: str, consumer_config: dict[str, Any]
-) -> dict[tuple[str, str], Checkpoint]:
-    """Every committed checkpoint, by (district_id, entity)."""
-    consumer = AIOKafkaConsumer(
-        **consumer_config, isolation_level="read_committed", enable_auto_commit=False
-    )
-    out: dict[tuple[str, str], Checkpoint] = {}
-    try:
-        await consumer.start()
-        tps = await topic_partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=500)
-            for messages in batch.values():
-                for m in messages:
-                    district, _, entity = m.key.decode().rpartition("/")
-                    if m.value is None:
-                        out.pop((district, entity), None)
-                    else:
-                        out[(district, entity)] = decode_checkpoint(schemas, m.value)
-            for tp in list(pending):
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"reading checkpoints from {topic} failed: {exc}") from exc
-    finally:
-        await consumer.stop()
-    log.info("checkpoints_loaded", topic=topic, count=len(out))
-    return out
-
-
 def fresh(district_id: str, entity: Entity) -> Checkpoint:
     """The checkpoint of a district and entity never synced."""
     return Checkpoint(district_id=district_id, entity=entity)
+
+
+def split_checkpoint_key(key: str) -> tuple[str, str]:
+    """``(district_id, entity)`` of a checkpoint-topic key."""
+    district, _, entity = key.rpartition("/")
+    return district, entity
+
+
+class CheckpointBook:
+    """The committed checkpoints, by (district, entity); updated after each commit."""
+
+    def __init__(self, initial: Mapping[tuple[str, str], Checkpoint] | None = None) -> None:
+        self._items: dict[tuple[str, str], Checkpoint] = dict(initial or {})
+
+    def get(self, district_id: str, entity: Entity) -> Checkpoint:
+        return self._items.get((district_id, entity)) or fresh(district_id, entity)
+
+    def put(self, cp: Checkpoint) -> None:
+        self._items[(cp.district_id, cp.entity)] = cp
+
+    def all(self) -> list[Checkpoint]:
+        return sorted(self._items.values(), key=lambda c: (c.district_id, c.entity))

@@ -231,13 +231,15 @@ async def _status(config: Config, as_json: bool, out: TextIO) -> int:
     from rich.table import Table  # noqa: PLC0415
 
     from producer.avro import Schemas  # noqa: PLC0415
-    from producer.checkpoints import load_checkpoints  # noqa: PLC0415
-    from producer.kafka_options import consumer_options  # noqa: PLC0415
-    from producer.topics import TopicNames  # noqa: PLC0415
+    from producer.events import Encoder  # noqa: PLC0415
+    from producer.kafka.options import consumer_options  # noqa: PLC0415
+    from producer.kafka.restore import load_checkpoints  # noqa: PLC0415
+    from producer.kafka.topics import TopicNames  # noqa: PLC0415
 
+    topics = TopicNames(config.kafka.topic_prefix)
     found = await load_checkpoints(
-        Schemas.load(),
-        topic=TopicNames(config.kafka.topic_prefix).checkpoints,
+        Encoder(Schemas.load(), topics),
+        topic=topics.checkpoints,
         consumer_config=consumer_options(config.kafka),
     )
     rows = [_checkpoint_row(cp) for _, cp in sorted(found.items())]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -25,18 +24,18 @@ from collections import Counter
 from pathlib import Path
 
 import structlog
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from producer.avro import Schemas
 from producer.config import Config, load_config
 from producer.daemon import Daemon
-from producer.kafka_options import connection_options, consumer_options
+from producer.kafka.options import connection_options, consumer_options
+from producer.kafka.probe import broker_answers
+from producer.kafka.reader import TopicReader
+from producer.kafka.topics import TopicNames
 from producer.logs import register_secrets
 from producer.model import ENTITIES
 from producer.simulator import DistrictSpec, Simulator
 from producer.tail import format_event
-from producer.topics import TopicNames
 
 log = structlog.get_logger(__name__)
 
@@ -55,58 +54,38 @@ def demo_districts() -> list[DistrictSpec]:
     ]
 
 
-async def _broker_answers(config: Config) -> bool:
-    admin = AIOKafkaAdminClient(
-        **connection_options(config.kafka, role="demo"), request_timeout_ms=3000
-    )
-    reachable = False
-    with contextlib.suppress(Exception):  # any failure means "not reachable"
-        async with asyncio.timeout(5):
-            await admin.start()
-            reachable = bool((await admin.describe_cluster())["brokers"])
-    with contextlib.suppress(Exception):
-        await admin.close()
-    return reachable
-
-
 async def _printer(config: Config, counts: Counter[str]) -> None:
     """Print committed events of every entity as they arrive (rate-limited)."""
     schemas = Schemas.load()
     names = TopicNames(config.kafka.topic_prefix)
-    consumer = AIOKafkaConsumer(
+    reader = TopicReader(
+        consumer_options(config.kafka),
         *(names.events(e) for e in ENTITIES),
-        **consumer_options(config.kafka),
-        isolation_level="read_committed",
-        auto_offset_reset="latest",
-        enable_auto_commit=False,
-        group_id=None,
+        action="demo: reading events",
     )
-    await consumer.start()
     shown = 0
-    try:
+    async with reader:
+        await reader.seek_to_end()
         loop = asyncio.get_running_loop()
         window = loop.time()
         while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for messages in batch.values():
-                for m in messages:
-                    if m.value is None:
-                        continue
-                    envelope = schemas.decode(m.value).value
-                    counts[envelope["op"]] += 1
-                    if loop.time() - window >= 1.0:
-                        window, shown = loop.time(), 0
-                    if shown < MAX_LINES_PER_SECOND:
-                        print(format_event(envelope), flush=True)
-                        shown += 1
-            if batch:
+            messages = await reader.poll(1000)
+            for m in messages:
+                if m.value is None:
+                    continue
+                envelope = schemas.decode(m.value).value
+                counts[envelope["op"]] += 1
+                if loop.time() - window >= 1.0:
+                    window, shown = loop.time(), 0
+                if shown < MAX_LINES_PER_SECOND:
+                    print(format_event(envelope), flush=True)
+                    shown += 1
+            if messages:
                 print(
                     f"-- committed so far: created={counts['CREATED']} "
                     f"updated={counts['UPDATED']} deleted={counts['DELETED']}",
                     flush=True,
                 )
-    finally:
-        await consumer.stop()
 
 
 async def _mutator(sim: Simulator, interval: float = 4.0) -> None:
@@ -150,7 +129,7 @@ async def run_demo(args: argparse.Namespace, *, config_path: Path | None) -> int
     # A broker we start listens where the config expects one.
     port = config.kafka.bootstrap_servers[0].rpartition(":")[2]
     kafka_env = {**os.environ, "KAFKA_PORT": port}
-    if not await _broker_answers(config):
+    if not await broker_answers(connection_options(config.kafka, role="demo")):
         if not KAFKA_SCRIPT.exists():
             print("demo: no broker answers and scripts/kafka is not here", file=sys.stderr)
             return 1

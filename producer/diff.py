@@ -1,11 +1,12 @@
 """The differ: a canonical record against the prior state of its key -> a change, or nothing.
 
+Pure: no Avro, no Kafka. ``producer.events`` turns a ``Change`` into the records to write.
+
 Public API::
 
-    Op, SyncMode, DeleteReason, Prior             # type aliases
+    Prior                                         # type alias
     Change(op, entity, district_id, sourced_id, event_id, before, after, changed_fields,
            digest, prior_digest, date_last_modified, status, delete_reason=None)  # .key
-    Encoded(event, event_headers, state)          # state None = write a tombstone
     digest(data: Mapping[str, Any]) -> bytes        # 16 bytes, ignores dateLastModified
     raw_digest(raw: Any) -> bytes | None            # of the source JSON, for skipping re-reads
     diff(record: CanonicalRecord, prior: Prior | None, *, new_digest: bytes | None = None)
@@ -13,9 +14,6 @@ Public API::
     absent(entity, district_id, sourced_id, prior: Prior) -> Change   # full-sync hard delete
     event_id(district_id, entity, sourced_id, op, *, prior_digest, new_digest,
              date_last_modified) -> str
-    SourceInfo(version, server, sync_mode, sync_id, emitted_at)
-    envelope(change, source) -> dict[str, Any]      # the change envelope as a dict
-    encode(schemas, change, source, *, before_body=None) -> Encoded  # event + state bytes
 
 Rules (``Prior`` is ``(digest, prior canonical data or None when only the digest is known)``):
 
@@ -39,10 +37,6 @@ digests (hex, empty when none) and the source dateLastModified of the change (th
 the prior's for ``absent``). The same change re-read or re-sent after a crash gets the same id;
 a record deleted and re-created with identical content gets a new one, because the source
 stamps a new dateLastModified.
-
-``encode`` encodes the new canonical record once and uses those bytes both as the state value
-(single-object) and inside the event's ``after``; pass ``before_body`` (the prior state value's
-body, ``avro.body_of(state_bytes)``) to skip re-encoding the prior image.
 """
 
 from __future__ import annotations
@@ -51,17 +45,12 @@ import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
 
-from producer.avro import CHANGE_NAMES, RECORD_NAMES, Schemas, headers
-from producer.model import CanonicalRecord, Entity, Status, record_key
+from producer.model import CanonicalRecord, DeleteReason, Entity, Op, Status, record_key
 
-Op = Literal["CREATED", "UPDATED", "DELETED"]
-SyncMode = Literal["DELTA", "FULL"]
-DeleteReason = Literal["tobedeleted", "absent_from_full_sync"]
 #: What the state store knows of a key: its digest, and its canonical data when available.
 Prior = tuple[bytes, Mapping[str, Any] | None]
 
@@ -94,30 +83,6 @@ class Change:
     def key(self) -> str:
         """The Kafka key, ``<district_id>/<sourcedId>``."""
         return record_key(self.district_id, self.sourced_id)
-
-
-@dataclass(frozen=True, slots=True)
-class SourceInfo:
-    """How the change was observed: fills the envelope's ``source`` and ``emitted_at``."""
-
-    version: str
-    server: str | None
-    sync_mode: SyncMode
-    sync_id: str
-    #: Producer clock: an aware datetime, or epoch milliseconds.
-    emitted_at: datetime | int
-
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    """The bytes to write for one change."""
-
-    #: The change event (single-object Avro), for ``<prefix>.<entity>``.
-    event: bytes
-    #: Kafka headers of the event (schema full name and op).
-    event_headers: list[tuple[str, bytes]]
-    #: The new state value (single-object Avro canonical record); None = write a tombstone.
-    state: bytes | None
 
 
 #: Changes whenever the normaliser's output for the same input may change, so raw digests
@@ -289,57 +254,3 @@ def absent(entity: Entity, district_id: str, sourced_id: str, prior: Prior) -> C
         status,
         "absent_from_full_sync",
     )
-
-
-def _millis(moment: datetime | int) -> int:
-    if isinstance(moment, datetime):
-        return int(moment.timestamp() * 1000)
-    return moment
-
-
-def envelope(change: Change, source: SourceInfo) -> dict[str, Any]:
-    """The change envelope of ``change`` as a dict of ``<Entity>Change.avsc``."""
-    return {
-        "event_id": change.event_id,
-        "op": change.op,
-        "district_id": change.district_id,
-        "entity": change.entity,
-        "sourced_id": change.sourced_id,
-        "before": change.before,
-        "after": change.after,
-        "changed_fields": list(change.changed_fields),
-        "source": {
-            "version": source.version,
-            "server": source.server,
-            "dateLastModified": change.date_last_modified,
-            "status": change.status,
-            "sync_mode": source.sync_mode,
-            "sync_id": source.sync_id,
-            "delete_reason": change.delete_reason,
-        },
-        "emitted_at": _millis(source.emitted_at),
-    }
-
-
-def encode(
-    schemas: Schemas, change: Change, source: SourceInfo, *, before_body: bytes | None = None
-) -> Encoded:
-    """Event bytes, event headers and state bytes of ``change``; the record is encoded once.
-
-    ``before_body`` is used only when ``change.before`` is set; it must be the body of exactly
-    that prior record (``avro.body_of`` of its state value).
-
-    Raises ``EncodingError`` when a value does not fit its schema.
-    """
-    record_name = RECORD_NAMES[change.entity]
-    after_body = None
-    state = None
-    if change.after is not None:
-        after_body = schemas.encode_body(record_name, change.after)
-        state = schemas.frame(record_name, after_body)
-    if change.before is None:
-        before_body = None
-    event = schemas.encode_change(
-        change.entity, envelope(change, source), before_body=before_body, after_body=after_body
-    )
-    return Encoded(event, headers(CHANGE_NAMES[change.entity], change.op), state)

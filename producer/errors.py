@@ -1,7 +1,7 @@
 """The one exception tree of oneroster-cdc.
 
-Third-party errors (aiohttp, aiokafka, fastavro, pydantic) are wrapped where they enter, with
-``raise ... from exc``. Whether an error is worth retrying is decided by the class attribute
+Third-party errors (HTTP, the Kafka client, fastavro, pydantic) are wrapped where they enter,
+with ``raise ... from exc``. Whether an error is worth retrying is decided by the class attribute
 ``retriable``, never by a message string. Messages are written for operators: they say what
 happened and what to do, and never contain a secret.
 

@@ -1,8 +1,8 @@
 """Structured logging, configured once, with secrets redacted on every path.
 
 ``configure_logging`` sets up structlog (JSON rendered with orjson when stderr is not a terminal,
-the console renderer when it is) and routes the standard library's ``logging`` (aiohttp,
-aiokafka) through the same processors, so both paths share one redaction step:
+the console renderer when it is) and routes the standard library's ``logging`` (the HTTP and
+Kafka clients) through the same processors, so both paths share one redaction step:
 
 - values under sensitive keys (``password``, ``client_secret``, ``authorization``, ``*_token``
   ...) are replaced, at any depth of the event dict;
@@ -190,9 +190,9 @@ _HANDLER_MARK: Final = "_oneroster_cdc_handler"
 class RepeatFilter(logging.Filter):
     """Lets a library's repeated log line through once per ``window`` seconds.
 
-    aiokafka logs every failed connection attempt (about fifteen lines a second while a broker is
-    down); one line per message template and logger per window says the same. The line that
-    ends a quiet spell carries ``suppressed=N``, how many repeats were dropped before it.
+    The Kafka client logs every failed connection attempt (about fifteen lines a second while a
+    broker is down); one line per message template and logger per window says the same. The
+    line that ends a quiet spell carries ``suppressed=N``, how many repeats were dropped before it.
     """
 
     def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:

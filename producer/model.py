@@ -18,6 +18,12 @@ ENTITIES: Final[tuple[Entity, ...]] = get_args(Entity)
 
 Status = Literal["active", "tobedeleted"]
 Version = Literal["1.1", "1.2"]
+#: What a change event says happened to a record.
+Op = Literal["CREATED", "UPDATED", "DELETED"]
+#: How a pass listed the source: everything, or what changed since the cursor.
+SyncMode = Literal["DELTA", "FULL"]
+#: Why a record was DELETED: the source said so, or a complete full listing lacked it.
+DeleteReason = Literal["tobedeleted", "absent_from_full_sync"]
 
 
 def record_key(district_id: str, sourced_id: str) -> str:

@@ -7,7 +7,6 @@ Public API::
     parse_timestamp(value: str) -> datetime | None
     format_timestamp(moment: datetime) -> str
     dump_raw(raw: Any) -> bytes                     # JSON bytes of anything, for dead letters
-    dead_letter(rejection, *, received_at: datetime | int, sync_id: str | None) -> dict[str, Any]
     MAX_ID_CHARS, MAX_STRING_CHARS, MAX_ITEMS, MAX_JSON_BYTES
 
 ``normalise`` is pure and never raises. Its output ``CanonicalRecord.data`` has exactly the fields
@@ -475,21 +474,3 @@ def denormalise(entity: Entity, data: Mapping[str, Any]) -> dict[str, Any]:
         # Always present, even empty: an absent `roles` would read back as a 1.1 user.
         out["roles"] = [{k: v for k, v in r.items() if v is not None} for r in data["roles"]]
     return out
-
-
-def dead_letter(
-    rejection: Rejection, *, received_at: datetime | int, sync_id: str | None
-) -> dict[str, Any]:
-    """The ``DeadLetter.avsc`` value of a rejection; ``received_at``: aware datetime or epoch ms."""
-    millis = (
-        int(received_at.timestamp() * 1000) if isinstance(received_at, datetime) else received_at
-    )
-    return {
-        "district_id": rejection.district_id,
-        "entity": rejection.entity,
-        "sourced_id": rejection.sourced_id,
-        "reason": rejection.reason,
-        "raw": rejection.raw,
-        "received_at": millis,
-        "sync_id": sync_id,
-    }

@@ -16,7 +16,6 @@ Then the service is ready; ``poll`` runs one district's pass (the scheduler's ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -29,11 +28,10 @@ from typing import Self
 
 import aiohttp
 import structlog
-from aiokafka.admin import AIOKafkaAdminClient
 
 from producer.auth import Authenticator, BearerToken, OAuth1Signer, OAuth2ClientCredentials
 from producer.avro import Schemas
-from producer.checkpoints import Checkpoint, load_checkpoints
+from producer.checkpoints import Checkpoint, CheckpointBook
 from producer.client import OneRosterClient
 from producer.config import DEFAULT_ENTITIES, ClassLinkConfig, Config, DistrictConfig
 from producer.discovery import (
@@ -44,19 +42,22 @@ from producer.discovery import (
     discover,
 )
 from producer.errors import ConfigError
-from producer.kafka_options import (
+from producer.events import Encoder
+from producer.kafka.options import (
     connection_options,
     consumer_options,
     producer_options,
     topic_settings,
 )
+from producer.kafka.probe import BrokerProbe
+from producer.kafka.restore import load_checkpoints, restore_from_kafka
+from producer.kafka.topics import TopicNames, ensure_topics
+from producer.kafka.writer import TransactionalWriter
 from producer.metrics import Metrics
 from producer.model import Entity
 from producer.retry import RetryPolicy
-from producer.state import StateStore, restore_from_kafka
-from producer.sync import CheckpointBook, DistrictSync, EntityResult, SyncSettings
-from producer.topics import TopicNames, ensure_topics
-from producer.writer import OutRecord, TransactionalWriter
+from producer.state import StateStore
+from producer.sync import DistrictSync, EntityResult, SyncSettings
 
 log = structlog.get_logger(__name__)
 
@@ -126,13 +127,14 @@ class Service:
         self.observer = MetricsObserver(self.metrics)
         self.topics = TopicNames(config.kafka.topic_prefix)
         self.schemas = Schemas.load()
+        self.encoder = Encoder(self.schemas, self.topics)
         self.book = CheckpointBook()
         self.ready = False
         self.restored = False
         self._stack = AsyncExitStack()
         self._store: StateStore | None = None
         self._writer: TransactionalWriter | None = None
-        self._admin: AIOKafkaAdminClient | None = None
+        self._probe: BrokerProbe | None = None
         self._sources: dict[str, Source] = {}
         self._clients: dict[str, OneRosterClient] = {}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
@@ -191,12 +193,7 @@ class Service:
         await self._writer.start()
         self._stack.push_async_callback(self._writer.close)
         # 3.
-        await self._writer.publish(
-            [
-                OutRecord(self.topics.schemas, fp.encode(), schema.encode())
-                for fp, schema in self.schemas.published()
-            ]
-        )
+        await self._writer.publish(self.encoder.schema_records())
         # 4.
         stats = await restore_from_kafka(
             self._store, topic=self.topics.state, consumer_config=consumer_cfg
@@ -207,12 +204,12 @@ class Service:
         # 5.
         self.book = CheckpointBook(
             await load_checkpoints(
-                self.schemas, topic=self.topics.checkpoints, consumer_config=consumer_cfg
+                self.encoder, topic=self.topics.checkpoints, consumer_config=consumer_cfg
             )
         )
-        self._admin = AIOKafkaAdminClient(**connection_options(kafka, role="health"))
-        await self._admin.start()
-        self._stack.push_async_callback(self._close_admin)
+        self._probe = BrokerProbe(connection_options(kafka, role="health"))
+        await self._probe.start()
+        self._stack.push_async_callback(self._probe.close)
         self._stack.push_async_callback(self._close_clients)
         self.ready = True
         log.info(
@@ -228,12 +225,6 @@ class Service:
         """Close everything in reverse order; idempotent."""
         self.ready = False
         await self._stack.aclose()
-
-    async def _close_admin(self) -> None:
-        admin, self._admin = self._admin, None
-        if admin is not None:
-            with contextlib.suppress(Exception):
-                await admin.close()
 
     async def _close_clients(self) -> None:
         self._syncs.clear()
@@ -252,10 +243,7 @@ class Service:
 
     async def broker_reachable(self) -> bool:
         """True when the broker answers a metadata request."""
-        if self._admin is None:
-            return False
-        cluster = await self._admin.describe_cluster()
-        return bool(cluster.get("brokers"))
+        return self._probe is not None and await self._probe.reachable()
 
     def state_restored(self) -> bool:
         return self.restored
@@ -392,8 +380,7 @@ class Service:
             server=source.base_url,
             store=self.store,
             sink=self.writer,
-            schemas=self.schemas,
-            topics=self.topics,
+            encoder=self.encoder,
             checkpoints=self.book,
             settings=SyncSettings(
                 overlap=sync_cfg.overlap,

@@ -6,35 +6,19 @@ network round trip. It lives in one SQLite file (stdlib ``sqlite3``, WAL mode) u
 value exactly as it sits in the state topic (single-object Avro), so ``before`` images come from
 disk, not from memory: the process's memory per key is a SQLite page-cache share, not a record.
 
-Keys in the state topic are ``<entity>/<district_id>/<sourcedId>`` (entity and district ids never
-contain ``/``; sourcedIds may). Each state record carries the headers ``entity`` and ``digest``
-so a restore writes rows without decoding Avro.
-
-Restore (``restore_from_kafka``): the store keeps, in the same SQLite transaction as the rows it
-applied, the next offset to read of every state-topic partition. On start it reads the
-partitions' end offsets, seeks to its stored offsets (or the beginning) and applies records with
-a read_committed consumer until every partition's *position* reaches the end offset taken at the
-start (the last record may be a transaction marker, so positions, not record offsets, decide).
-A stored offset beyond the end means the topic was recreated: the store is wiped and rebuilt.
+The state-topic record format is ``producer.kafka.statetopic``; bringing the store up to the
+topic's end at start is ``producer.kafka.restore``. This module is SQLite alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-
-from producer.errors import BrokerUnavailable, ClientClosed
-
-log = structlog.get_logger(__name__)
+from producer.errors import ClientClosed
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS records (
@@ -56,17 +40,6 @@ CREATE TABLE IF NOT EXISTS offsets (
 
 #: SQLite caps bound parameters per statement; look-ups go in chunks of this many keys.
 _CHUNK: Final = 500
-
-
-def state_key(entity: str, district_id: str, sourced_id: str) -> str:
-    """The key of a record in the state topic."""
-    return f"{entity}/{district_id}/{sourced_id}"
-
-
-def split_state_key(key: str) -> tuple[str, str, str]:
-    """``(entity, district_id, sourcedId)`` of a state-topic key."""
-    entity, district, sid = key.split("/", 2)
-    return entity, district, sid
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,15 +70,6 @@ class StateWrite:
     digest: bytes | None
     value: bytes | None
     raw_digest: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreStats:
-    """How a restore went: records applied, seconds taken, and whether it started from zero."""
-
-    records: int
-    seconds: float
-    cold: bool
 
 
 class StateStore:
@@ -255,125 +219,3 @@ class StateStore:
         db.execute("DELETE FROM records")
         db.execute("DELETE FROM offsets")
         db.execute("COMMIT")
-
-
-async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, refreshing the consumer's metadata if it has none yet."""
-    parts = consumer.partitions_for_topic(topic)
-    for _ in range(50):
-        if parts:
-            break
-        # aiokafka has no public call that refreshes metadata for an unsubscribed topic.
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(topic)
-        if not parts:
-            await asyncio.sleep(0.1)
-    if not parts:
-        raise BrokerUnavailable(f"topic {topic!r} does not exist or has no partitions")
-    return [TopicPartition(topic, p) for p in sorted(parts)]
-
-
-def _header(headers: Sequence[tuple[str, bytes]], name: str) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-def write_from_message(key: bytes, value: bytes | None, headers: Any) -> StateWrite:
-    """The store write a state-topic record stands for."""
-    entity, district, sid = split_state_key(key.decode())
-    if value is None:
-        return StateWrite(entity, district, sid, None, None)
-    digest = _header(headers, "digest")
-    if digest is None:
-        raise ValueError(f"state record {key!r} has no digest header")
-    return StateWrite(entity, district, sid, digest, value, _header(headers, "raw-digest"))
-
-
-async def restore_from_kafka(
-    store: StateStore,
-    *,
-    topic: str,
-    consumer_config: dict[str, Any],
-    batch_records: int = 20000,
-    max_seconds: float = 600.0,
-) -> RestoreStats:
-    """Bring ``store`` up to the committed end of ``topic``; return what was applied.
-
-    1. Read the end offsets of every partition (taken once: the restore target).
-    2. Wipe the store if any stored offset is beyond its partition's end (topic recreated).
-    3. Seek each partition to its stored next offset, or to the beginning.
-    4. Apply records in SQLite transactions that also store the offsets reached, until every
-       partition's position has reached its target.
-    """
-    started = time.monotonic()
-    consumer = AIOKafkaConsumer(
-        **consumer_config,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
-    )
-    applied = 0
-    writing: asyncio.Future[None] | None = None
-    try:
-        await consumer.start()
-        tps = await topic_partitions(consumer, topic)
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)  # 1.
-        cold = await _seek(consumer, store, topic, end)  # 2. and 3.
-        pending = {tp for tp in tps if (await consumer.position(tp)) < end[tp]}
-        # While one batch is written to SQLite (in a thread), the next is fetched.
-        async with asyncio.timeout(max_seconds):
-            while pending:  # 4.
-                batch = await consumer.getmany(*pending, timeout_ms=500, max_records=batch_records)
-                writes = [
-                    write_from_message(m.key, m.value, m.headers)
-                    for messages in batch.values()
-                    for m in messages
-                    if m.key is not None
-                ]
-                offsets: dict[int, int] = {}
-                for tp in list(pending):
-                    offsets[tp.partition] = position = await consumer.position(tp)
-                    if position >= end[tp]:
-                        pending.discard(tp)
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(
-                    asyncio.to_thread(store.apply, writes, topic=topic, offsets=offsets)
-                )
-                applied += len(writes)
-            if writing is not None:
-                await writing
-    except TimeoutError as exc:
-        raise BrokerUnavailable(f"state restore from {topic} took over {max_seconds}s") from exc
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"state restore from {topic} failed: {exc}") from exc
-    finally:
-        if writing is not None and not writing.done():
-            # Never leave a write running against a store the caller may close next.
-            await asyncio.gather(writing, return_exceptions=True)
-        await consumer.stop()
-    stats = RestoreStats(applied, time.monotonic() - started, cold)
-    log.info("state_restored", topic=topic, records=applied, seconds=round(stats.seconds, 3))
-    return stats
-
-
-async def _seek(
-    consumer: AIOKafkaConsumer, store: StateStore, topic: str, end: dict[TopicPartition, int]
-) -> bool:
-    """Position every partition at the store's next offset; True when starting from zero."""
-    stored = store.offsets(topic)
-    if any(stored.get(tp.partition, 0) > target for tp, target in end.items()):
-        log.warning("state_topic_recreated", topic=topic, stored=stored)
-        store.wipe()
-        stored = {}
-    for tp in end:
-        if tp.partition in stored:
-            consumer.seek(tp, stored[tp.partition])
-        else:
-            await consumer.seek_to_beginning(tp)
-    return not stored and store.count() == 0

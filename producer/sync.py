@@ -3,7 +3,7 @@
 For each entity, in dependency order (orgs, academicSessions, courses, classes, users,
 enrollments, demographics):
 
-- **Mode.** FULL on first contact (no cursor), when asked (the schedule or an operator), or when
+- **SyncMode.** FULL on first contact (no cursor), when asked (the schedule or an operator), or when
   the source was found not to honour the delta filter; otherwise DELTA with
   ``filter=dateLastModified>'<cursor - overlap>'`` and no status filter.
 - **Pages -> batches.** Each record is normalised (a rejection becomes a dead letter) and diffed
@@ -36,30 +36,22 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from producer import diff as differ
-from producer.avro import DEAD_LETTER, Schemas, body_of, headers
-from producer.checkpoints import Checkpoint, encode_checkpoint, format_cursor, fresh
-from producer.errors import EncodingError, FilterUnsupported, Forbidden, ListingIncomplete
-from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, Version
+from producer.checkpoints import Checkpoint, CheckpointBook, format_cursor
+from producer.errors import FilterUnsupported, Forbidden, ListingIncomplete
+from producer.events import Batch, Encoder, SourceInfo
+from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode, Version
 from producer.normalise import dump_raw, normalise, parse_timestamp
 from producer.state import StateStore, StateWrite, StoredDigest
-from producer.topics import TopicNames
-from producer.writer import Batch, OutRecord
 
 log = structlog.get_logger(__name__)
 
-Mode = Literal["DELTA", "FULL"]
-
 #: A record older than the delta filter by more than this means the filter was ignored.
 _FILTER_TOLERANCE = timedelta(seconds=1)
-#: An event or state value larger than this is dead-lettered instead (topics accept 8 MiB).
-MAX_VALUE_BYTES = 4 * 1024 * 1024
-#: A dead letter carries at most this much of the raw record (the reason says so when cut).
-MAX_RAW_BYTES = 256 * 1024
 #: A record may be dated this far past the local clock before it stops moving the cursor.
 _FUTURE_ALLOWANCE = timedelta(minutes=10)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -95,7 +87,7 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    """Where batches go (``producer.writer.TransactionalWriter``)."""
+    """Where batches go (``producer.kafka.writer.TransactionalWriter``)."""
 
     async def commit(self, batch: Batch) -> None: ...
 
@@ -131,7 +123,7 @@ class EntityResult:
 
     district_id: str
     entity: Entity
-    mode: Mode
+    mode: SyncMode
     sync_id: str
     fetched: int = 0
     created: int = 0
@@ -171,22 +163,6 @@ class _Pass:
     future_warned: bool = False
 
 
-class CheckpointBook:
-    """The committed checkpoints, by (district, entity); updated after each commit."""
-
-    def __init__(self, initial: Mapping[tuple[str, str], Checkpoint] | None = None) -> None:
-        self._items: dict[tuple[str, str], Checkpoint] = dict(initial or {})
-
-    def get(self, district_id: str, entity: Entity) -> Checkpoint:
-        return self._items.get((district_id, entity)) or fresh(district_id, entity)
-
-    def put(self, cp: Checkpoint) -> None:
-        self._items[(cp.district_id, cp.entity)] = cp
-
-    def all(self) -> list[Checkpoint]:
-        return sorted(self._items.values(), key=lambda c: (c.district_id, c.entity))
-
-
 class DistrictSync:
     """Runs sync passes for one district: source -> normaliser -> differ -> sink."""
 
@@ -198,8 +174,7 @@ class DistrictSync:
         server: str | None,
         store: StateStore,
         sink: Sink,
-        schemas: Schemas,
-        topics: TopicNames,
+        encoder: Encoder,
         checkpoints: CheckpointBook,
         settings: SyncSettings,
         entities: Sequence[Entity] = ENTITIES,
@@ -211,8 +186,7 @@ class DistrictSync:
         self._server = server
         self._store = store
         self._sink = sink
-        self._schemas = schemas
-        self._topics = topics
+        self._encoder = encoder
         self._book = checkpoints
         self._settings = settings
         self._overlap = timedelta(seconds=settings.overlap)
@@ -248,7 +222,7 @@ class DistrictSync:
         """One pass over one entity (see the module docstring)."""
         started = time.monotonic()
         cp = self._book.get(self.district_id, entity)
-        mode: Mode = "FULL" if full or confirm_deletes or not cp.delta_supported else "DELTA"
+        mode: SyncMode = "FULL" if full or confirm_deletes or not cp.delta_supported else "DELTA"
         if cp.cursor is None:
             mode = "FULL"
         try:
@@ -278,7 +252,7 @@ class DistrictSync:
         return result
 
     async def _run(
-        self, entity: Entity, cp: Checkpoint, mode: Mode, sync_id: str, confirm_deletes: bool
+        self, entity: Entity, cp: Checkpoint, mode: SyncMode, sync_id: str, confirm_deletes: bool
     ) -> EntityResult:
         await self._source.resolve_version()
         cursor = cp.cursor_time()
@@ -315,7 +289,7 @@ class DistrictSync:
         await self._finish(entity, state, cp, mode)
         return state.result
 
-    async def _page(self, entity: Entity, page: RawPage, state: _Pass, mode: Mode) -> None:
+    async def _page(self, entity: Entity, page: RawPage, state: _Pass, mode: SyncMode) -> None:
         """Normalise, diff and batch one page.
 
         Fast path: a record whose raw digest (its source JSON without ``dateLastModified``)
@@ -356,7 +330,7 @@ class DistrictSync:
                 await self._flush(state)
         self._store.remember_raw_digests(entity, self.district_id, touched)
 
-    def _observe_date(self, state: _Pass, sid: str, moment: datetime, mode: Mode) -> None:
+    def _observe_date(self, state: _Pass, sid: str, moment: datetime, mode: SyncMode) -> None:
         """Move the cursor (unless the date is in the future) and notice an ignored filter."""
         if moment > state.ceiling:
             if not state.future_warned:
@@ -377,7 +351,7 @@ class DistrictSync:
         record: CanonicalRecord,
         priors: Mapping[str, StoredDigest],
         state: _Pass,
-        mode: Mode,
+        mode: SyncMode,
         *,
         raw_digest: bytes | None = None,
         touched: list[tuple[str, bytes]] | None = None,
@@ -411,8 +385,8 @@ class DistrictSync:
         before_body = None
         full = self._store.get(record.entity, self.district_id, sid) if stored else None
         if full is not None:
-            prior = (full.digest, self._schemas.decode(full.value).value)
-            before_body = body_of(full.value)
+            data, before_body = self._encoder.prior(full.value)
+            prior = (full.digest, data)
         change = differ.diff(record, prior, new_digest=new_digest)
         if change is None:
             return
@@ -422,53 +396,29 @@ class DistrictSync:
         self,
         state: _Pass,
         change: differ.Change,
-        mode: Mode,
+        mode: SyncMode,
         before_body: bytes | None,
         raw_digest: bytes | None = None,
     ) -> None:
-        source = differ.SourceInfo(
+        source = SourceInfo(
             version=self._source.version or "",
             server=self._server,
             sync_mode=mode,
             sync_id=state.result.sync_id,
             emitted_at=self._clock(),
         )
-        try:
-            encoded = differ.encode(self._schemas, change, source, before_body=before_body)
-        except EncodingError as exc:
-            reason = f"{change.entity}: does not fit its Avro schema: {exc}"
-            self._reject_change(state, change, reason)
+        rejected = self._encoder.add_change(
+            state.batch, change, source, before_body=before_body, raw_digest=raw_digest
+        )
+        if rejected is not None:
+            self._reject_change(state, change, rejected)
             return
-        size = len(encoded.event) + len(encoded.state or b"")
-        if size > MAX_VALUE_BYTES:
-            reason = f"{change.entity}: encoded change of {size} bytes exceeds {MAX_VALUE_BYTES}"
-            self._reject_change(state, change, reason)
-            return
-        topic = self._topics.events(change.entity)
-        key = change.key.encode()
-        batch = state.batch
-        batch.events.append(OutRecord(topic, key, encoded.event, encoded.event_headers))
         if change.op == "DELETED":
-            batch.events.append(OutRecord(topic, key, None, [("op", b"TOMBSTONE")]))
-            batch.state.append(
-                StateWrite(change.entity, self.district_id, change.sourced_id, None, None)
-            )
             state.result.deleted += 1
+        elif change.op == "CREATED":
+            state.result.created += 1
         else:
-            batch.state.append(
-                StateWrite(
-                    change.entity,
-                    self.district_id,
-                    change.sourced_id,
-                    change.digest,
-                    encoded.state,
-                    raw_digest,
-                )
-            )
-            if change.op == "CREATED":
-                state.result.created += 1
-            else:
-                state.result.updated += 1
+            state.result.updated += 1
         state.pending += 1
 
     def _reject_change(self, state: _Pass, change: differ.Change, reason: str) -> None:
@@ -478,25 +428,8 @@ class DistrictSync:
         )
 
     def _dead_letter(self, state: _Pass, rejection: Rejection) -> None:
-        raw, reason = rejection.raw, rejection.reason
-        if len(raw) > MAX_RAW_BYTES:
-            reason = f"{reason} (raw cut from {len(raw)} to {MAX_RAW_BYTES} bytes)"
-            raw = raw[:MAX_RAW_BYTES]
-        value = self._schemas.encode(
-            DEAD_LETTER,
-            {
-                "district_id": rejection.district_id,
-                "entity": rejection.entity,
-                "sourced_id": rejection.sourced_id,
-                "reason": reason,
-                "raw": raw,
-                "received_at": self._clock(),
-                "sync_id": state.result.sync_id,
-            },
-        )
-        key = f"{rejection.district_id}/{rejection.sourced_id or ''}".encode()
-        state.batch.deadletters.append(
-            OutRecord(self._topics.deadletter, key, value, headers(DEAD_LETTER))
+        self._encoder.add_dead_letter(
+            state.batch, rejection, received_at=self._clock(), sync_id=state.result.sync_id
         )
         state.result.rejected += 1
         state.pending += 1
@@ -527,7 +460,7 @@ class DistrictSync:
             last_sync_id=r.sync_id,
             **final,
         )
-        batch.checkpoint = encode_checkpoint(self._schemas, self._topics.checkpoints, cp)
+        batch.checkpoint = self._encoder.checkpoint(cp)
         await self._sink.commit(batch)
         state.cp, state.counted, state.keys = cp, done, keys
         self._book.put(cp)
@@ -575,9 +508,9 @@ class DistrictSync:
                     else:
                         present.append(outcome)
                     continue
-                data = self._schemas.decode(prior.value).value
+                data, body = self._encoder.prior(prior.value)
                 change = differ.absent(entity, self.district_id, sid, (prior.digest, data))
-                self._emit(state, change, "FULL", body_of(prior.value))
+                self._emit(state, change, "FULL", body)
             known = self._store.digests(entity, self.district_id, [r.sourced_id for r in present])
             for record in present:
                 self._record(record, known, state, "FULL")
@@ -593,7 +526,7 @@ class DistrictSync:
 
         return dict(await asyncio.gather(*(one(sid) for sid in sourced_ids)))
 
-    async def _finish(self, entity: Entity, state: _Pass, cp: Checkpoint, mode: Mode) -> None:
+    async def _finish(self, entity: Entity, state: _Pass, cp: Checkpoint, mode: SyncMode) -> None:
         """The pass's last transaction: whatever is pending, plus the checkpoint with the new
         cursor and sync time."""
         result = state.result

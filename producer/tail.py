@@ -13,16 +13,13 @@ from datetime import datetime
 from typing import Any, TextIO
 
 import orjson
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 
 from producer.avro import Schemas
 from producer.config import Config
-from producer.errors import BrokerUnavailable
-from producer.kafka_options import consumer_options
+from producer.kafka.options import consumer_options
+from producer.kafka.reader import Message, TopicReader
+from producer.kafka.topics import TopicNames
 from producer.model import Entity
-from producer.state import topic_partitions
-from producer.topics import TopicNames
 
 
 def _default(value: Any) -> Any:
@@ -49,7 +46,7 @@ def format_event(envelope: dict[str, Any]) -> str:
 
 def _print(
     schemas: Schemas,
-    messages: list[Any],
+    messages: list[Message],
     *,
     prefix: bytes | None,
     as_json: bool,
@@ -94,36 +91,27 @@ async def tail(
     """Print events until ``limit`` events, ``idle_timeout`` idle seconds, or cancellation."""
     schemas = Schemas.load()
     topic = TopicNames(config.kafka.topic_prefix).events(entity)
-    consumer = AIOKafkaConsumer(
-        **consumer_options(config.kafka), isolation_level="read_committed", enable_auto_commit=False
-    )
     printed = 0
     prefix = f"{district}/".encode() if district else None
+    reader = TopicReader(consumer_options(config.kafka), topic, action=f"tail {topic}")
     try:
-        await consumer.start()
-        tps = await topic_partitions(consumer, topic)
-        consumer.assign(tps)
-        if from_beginning:
-            await consumer.seek_to_beginning(*tps)
-        else:
-            await consumer.seek_to_end(*tps)
-        last = time.monotonic()
-        while limit is None or printed < limit:
-            batch = await consumer.getmany(timeout_ms=500)
-            if not batch:
-                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
-                    break
-                continue
+        async with reader:
+            if from_beginning:
+                await reader.seek_to_beginning()
+            else:
+                await reader.seek_to_end()
             last = time.monotonic()
-            messages = [m for part in batch.values() for m in part]
-            budget = None if limit is None else limit - printed
-            printed += _print(
-                schemas, messages, prefix=prefix, as_json=as_json, budget=budget, out=out
-            )
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"tail {topic}: {exc}") from exc
+            while limit is None or printed < limit:
+                messages = await reader.poll(500)
+                if not messages:
+                    if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                        break
+                    continue
+                last = time.monotonic()
+                budget = None if limit is None else limit - printed
+                printed += _print(
+                    schemas, messages, prefix=prefix, as_json=as_json, budget=budget, out=out
+                )
     except asyncio.CancelledError:
         pass
-    finally:
-        await consumer.stop()
     return 0

@@ -15,8 +15,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastavro import parse_schema, schemaless_reader
+
+from producer.kafka.reader import TopicReader
 
 ENTITIES = (
     "orgs",
@@ -33,29 +34,9 @@ async def read_all(
     bootstrap: str, topic: str
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     """Every committed record of ``topic`` up to its end, in partition order."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = sorted(cluster.partitions_for_topic(topic) or ())
-        if not parts:
-            return []
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
-        for _ in range(2000):
-            if all([await consumer.position(tp) >= end[tp] for tp in tps]):
-                break
-            batch = await consumer.getmany(timeout_ms=200)
-            for tp in tps:
-                out.extend((m.key, m.value, dict(m.headers)) for m in batch.get(tp, []))
-        return out
-    finally:
-        await consumer.stop()
+    reader = TopicReader({"bootstrap_servers": bootstrap}, topic, action=f"checker: {topic}")
+    async with reader:
+        return [(m.key, m.value, dict(m.headers)) for m in await reader.read_all()]
 
 
 class Decoder:

@@ -372,7 +372,7 @@ async def test_corpus_of_malformed_records_dead_letters_each_and_emits_every_val
             server, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path
         )
         async with Service(config) as service:
-            service.schemas = failing_schemas()
+            service.encoder.schemas = failing_schemas()
             results = await service.sync(DISTRICT)
             users = next(r for r in results if r.entity == "users")
             assert users.fetched == len(items)

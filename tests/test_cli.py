@@ -18,8 +18,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from producer.kafka.reader import topic_partitions
 from producer.simulator import DistrictSpec, Simulator
-from producer.state import topic_partitions
 from tests.checker import ENTITIES, rebuild
 from tests.harness import district_entry
 

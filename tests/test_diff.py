@@ -10,16 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from producer.avro import CHANGE_NAMES, RECORD_NAMES, Schemas, body_of
-from producer.diff import (
-    Change,
-    SourceInfo,
-    absent,
-    diff,
-    digest,
-    encode,
-    envelope,
-    event_id,
-)
+from producer.diff import Change, absent, diff, digest, event_id
+from producer.events import SourceInfo, encode, envelope
 from producer.model import CanonicalRecord
 from producer.normalise import normalise
 

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from producer.avro import DEAD_LETTER, RECORD_NAMES, Schemas
+from producer.events import dead_letter
 from producer.model import ENTITIES, CanonicalRecord, Rejection
 from producer.normalise import (
     MAX_ID_CHARS,
     MAX_ITEMS,
-    dead_letter,
     denormalise,
     format_timestamp,
     normalise,

@@ -18,11 +18,9 @@ from oauthlib.oauth1 import SIGNATURE_HMAC_SHA1, SIGNATURE_HMAC_SHA256, Client
 from producer.simulator import DistrictSpec, Simulator
 from producer.simulator.auth import SCOPE_CORE, SCOPE_DEMOGRAPHICS
 
+#: The official 1EdTech OneRoster 1.2 Rostering OpenAPI file, vendored (see its README).
 OPENAPI = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "reference"
-    / "oneroster-v1p2-rostering-openapi.json"
+    Path(__file__).resolve().parent / "data" / "oneroster" / "oneroster-v1p2-rostering-openapi.json"
 )
 COLLECTIONS = (
     "orgs",

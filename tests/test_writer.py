@@ -11,9 +11,12 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from producer.errors import Fenced, TopicMisconfigured
-from producer.state import StateStore, StateWrite, restore_from_kafka, topic_partitions
-from producer.topics import TopicNames, TopicSettings, ensure_topics
-from producer.writer import Batch, OutRecord, TransactionalWriter
+from producer.events import Batch, OutRecord
+from producer.kafka.reader import topic_partitions
+from producer.kafka.restore import restore_from_kafka
+from producer.kafka.topics import TopicNames, TopicSettings, ensure_topics
+from producer.kafka.writer import TransactionalWriter
+from producer.state import StateStore, StateWrite
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context
 
 from producer.config import KafkaConfig
-from producer.topics import TopicSettings
+from producer.kafka.topics import TopicSettings
 
 
 def connection_options(cfg: KafkaConfig, *, role: str) -> dict[str, Any]:

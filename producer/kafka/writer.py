@@ -1,9 +1,9 @@
 """The transactional Kafka writer: one transaction per batch, then the local store advances.
 
-A ``Batch`` is everything one unit of sync work writes: change events (a DELETED event is
-followed by a tombstone on the same key), state records, dead letters and, at the end of an
-entity pass, the checkpoint. ``TransactionalWriter.commit`` owns a batch from begin to the
-local store's update; nothing else writes to Kafka while a batch is open.
+A ``Batch`` (built by ``producer.events``) is everything one unit of sync work writes: change
+events (a DELETED event is followed by a tombstone on the same key), state records, dead
+letters and, at the end of an entity pass, the checkpoint. ``TransactionalWriter.commit`` owns
+a batch from begin to the local store's update; nothing else writes to Kafka while a batch is open.
 
 The writer is keyed by shard (``transactional_id`` such as ``oneroster-cdc-shard-0``), not by
 process, so the instance that owns a shard fences any older owner when it starts.
@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import structlog
@@ -23,50 +22,11 @@ from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
 
 from producer.errors import BrokerUnavailable, ClientClosed, Fenced
-from producer.state import StateStore, StateWrite, state_key
+from producer.events import Batch, OutRecord
+from producer.kafka.statetopic import state_record
+from producer.state import StateStore
 
 log = structlog.get_logger(__name__)
-
-Headers = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class OutRecord:
-    """One Kafka record to write: topic, key, value (``None`` is a tombstone), headers."""
-
-    topic: str
-    key: bytes
-    value: bytes | None
-    headers: Headers = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Batch:
-    """What one transaction writes. Order within each list is kept on the wire."""
-
-    events: list[OutRecord] = field(default_factory=list)
-    state: list[StateWrite] = field(default_factory=list)
-    deadletters: list[OutRecord] = field(default_factory=list)
-    checkpoint: OutRecord | None = None
-
-    def __len__(self) -> int:
-        return len(self.events) + len(self.state) + len(self.deadletters)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.events or self.state or self.deadletters or self.checkpoint)
-
-
-def state_record(topic: str, write: StateWrite) -> OutRecord:
-    """The state-topic record of a store write: the encoded canonical record, or a tombstone."""
-    key = state_key(write.entity, write.district_id, write.sourced_id).encode()
-    if write.value is None:
-        return OutRecord(topic, key, None, [("entity", write.entity.encode())])
-    assert write.digest is not None
-    headers = [("entity", write.entity.encode()), ("digest", write.digest)]
-    if write.raw_digest is not None:
-        headers.append(("raw-digest", write.raw_digest))
-    return OutRecord(topic, key, write.value, headers)
 
 
 class TransactionalWriter:
@@ -75,7 +35,7 @@ class TransactionalWriter:
     def __init__(
         self,
         *,
-        producer_config: dict[str, Any],
+        producer_config: Mapping[str, Any],
         transactional_id: str,
         state_topic: str,
         store: StateStore,

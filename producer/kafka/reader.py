@@ -1,0 +1,215 @@
+"""Reading topics back: the one place that consumes Kafka (restore, checkpoints, tail, demo).
+
+``TopicReader`` is a consumer without a group, assigned to every partition of its topics,
+reading with ``isolation_level=read_committed`` (only what committed transactions wrote). Its
+two ways of reading:
+
+- ``to_end``: from the positions chosen with ``seek``/``seek_to_beginning`` up to the end
+  offsets taken when it is called, as batches; a partition is done when its *position* reaches
+  its end offset (the last record may be a transaction marker, so positions decide, not record
+  offsets).
+- ``poll``: what arrived since the last call (``tail`` and ``demo`` follow a topic this way).
+
+Kafka errors leave as ``BrokerUnavailable`` with the caller's ``action`` in the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from producer.errors import BrokerUnavailable
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class Message(Protocol):
+    """A record read from Kafka (aiokafka's ``ConsumerRecord`` has these attributes)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Headers: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One batch read by ``TopicReader.to_end``: its records, and the next offset to read of
+    every partition still being read (by partition number; for a single-topic reader)."""
+
+    messages: list[Message]
+    positions: dict[int, int]
+
+
+def header(headers: Headers, name: str) -> bytes | None:
+    """The value of the first header called ``name``, if any."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, refreshing the consumer's metadata if it has none yet."""
+    parts = consumer.partitions_for_topic(topic)
+    for _ in range(50):
+        if parts:
+            break
+        # aiokafka has no public call that refreshes metadata for an unsubscribed topic.
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if not parts:
+            await asyncio.sleep(0.1)
+    if not parts:
+        raise BrokerUnavailable(f"topic {topic!r} does not exist or has no partitions")
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+@contextmanager
+def kafka_errors(action: str) -> Iterator[None]:
+    """Turn a Kafka client error raised inside the block into ``BrokerUnavailable``."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"{action}: {exc}") from exc
+
+
+class TopicReader:
+    """A read_committed, group-less consumer of every partition of ``topics``."""
+
+    def __init__(
+        self, consumer_config: Mapping[str, Any], *topics: str, action: str, **options: Any
+    ) -> None:
+        self._consumer = AIOKafkaConsumer(
+            **consumer_config,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            **options,
+        )
+        self._topics = topics
+        self._action = action
+        self._tps: list[TopicPartition] = []
+
+    async def __aenter__(self) -> Self:
+        try:
+            with kafka_errors(self._action):
+                await self._consumer.start()
+                for topic in self._topics:
+                    self._tps.extend(await topic_partitions(self._consumer, topic))
+                self._consumer.assign(self._tps)
+        except BaseException:
+            await self._consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._consumer.stop()
+
+    @property
+    def partitions(self) -> list[int]:
+        """Partition numbers (of a single-topic reader)."""
+        return [tp.partition for tp in self._tps]
+
+    async def end_offsets(self) -> dict[int, int]:
+        """The end offset of every partition, now (of a single-topic reader)."""
+        with kafka_errors(self._action):
+            end = await self._consumer.end_offsets(self._tps)
+        return {tp.partition: offset for tp, offset in end.items()}
+
+    async def seek_to_beginning(self) -> None:
+        with kafka_errors(self._action):
+            await self._consumer.seek_to_beginning(*self._tps)
+
+    async def seek_to_end(self) -> None:
+        with kafka_errors(self._action):
+            await self._consumer.seek_to_end(*self._tps)
+
+    async def seek(self, positions: Mapping[int, int]) -> None:
+        """Each partition to its offset in ``positions``; the others to their beginning."""
+        with kafka_errors(self._action):
+            for tp in self._tps:
+                if tp.partition in positions:
+                    self._consumer.seek(tp, positions[tp.partition])
+                else:
+                    await self._consumer.seek_to_beginning(tp)
+
+    async def to_end(
+        self, *, until: Mapping[int, int] | None = None, max_records: int | None = None
+    ) -> AsyncIterator[Chunk]:
+        """Batches from the current positions up to ``until`` (end offsets by partition, of a
+        single-topic reader), or the end offsets taken now."""
+        consumer = self._consumer
+        with kafka_errors(self._action):
+            if until is None:
+                end = await consumer.end_offsets(self._tps)
+            else:
+                end = {tp: until[tp.partition] for tp in self._tps}
+            pending = {tp for tp in self._tps if (await consumer.position(tp)) < end[tp]}
+        while pending:
+            with kafka_errors(self._action):
+                batch = await consumer.getmany(*pending, timeout_ms=500, max_records=max_records)
+                positions: dict[int, int] = {}
+                for tp in list(pending):
+                    positions[tp.partition] = position = await consumer.position(tp)
+                    if position >= end[tp]:
+                        pending.discard(tp)
+            messages: list[Message] = [m for part in batch.values() for m in part]
+            yield Chunk(messages, positions)
+
+    async def read_all(self) -> list[Message]:
+        """Every committed record from the beginning to the current end, partition by
+        partition."""
+        await self.seek_to_beginning()
+        out: dict[int, list[Message]] = {}
+        async for chunk in self.to_end():
+            for m in chunk.messages:
+                out.setdefault(m.partition, []).append(m)
+        return [m for p in sorted(out) for m in out[p]]
+
+    async def poll(self, wait_ms: int) -> list[Message]:
+        """The records that arrived since the last call (waits up to ``wait_ms``)."""
+        with kafka_errors(self._action):
+            batch = await self._consumer.getmany(timeout_ms=wait_ms)
+        return [m for part in batch.values() for m in part]
+
+
+async def read_compacted(
+    consumer_config: Mapping[str, Any], topic: str, *, action: str
+) -> dict[bytes, bytes]:
+    """The latest value of every key of a compacted topic (keys whose latest is a tombstone are
+    left out)."""
+    out: dict[bytes, bytes] = {}
+    async with TopicReader(consumer_config, topic, action=action) as reader:
+        for m in await reader.read_all():
+            if m.key is None:
+                continue
+            if m.value is None:
+                out.pop(m.key, None)
+            else:
+                out[m.key] = m.value
+    return out
