@@ -64,15 +64,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata
 from fastavro import parse_schema, schemaless_reader
 
-from producer.errors import BrokerUnavailable, ClientClosed, ConfigError, EncodingError
+from producer.errors import ClientClosed, ConfigError, EncodingError
+from producer.kafka.group import GroupReader, Partition
+from producer.kafka.reader import Message, read_compacted
+from producer.kafka.topics import TopicNames
 from producer.model import ENTITIES, Entity
-from producer.state import topic_partitions
-from producer.topics import TopicNames
 
 if TYPE_CHECKING:
     from producer.config import Config
@@ -151,25 +149,9 @@ class WriterSchemas:
 
     async def refresh(self) -> None:
         """Read the schemas topic from the beginning to its end."""
-        consumer = AIOKafkaConsumer(
-            **self._options, isolation_level="read_committed", enable_auto_commit=False
-        )
-        try:
-            await consumer.start()
-            tps = await topic_partitions(consumer, self._topic)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            while any([await consumer.position(tp) < end[tp] for tp in tps]):
-                batch = await consumer.getmany(*tps, timeout_ms=500)
-                for messages in batch.values():
-                    for m in messages:
-                        if m.key is not None and m.value is not None:
-                            self._add(m.key, m.value)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"reading {self._topic}: {exc}") from exc
-        finally:
-            await consumer.stop()
+        found = await read_compacted(self._options, self._topic, action=f"reading {self._topic}")
+        for key, value in found.items():
+            self._add(key, value)
 
     def _add(self, key: bytes, value: bytes) -> None:
         try:
@@ -276,9 +258,8 @@ class ChangeStream:
         self._window = dedupe_window
         self._stop_at_end = stop_at_end
         self._schemas = WriterSchemas(self._options, names.schemas)
-        self._consumer: AIOKafkaConsumer | None = None
-        self._tps: list[TopicPartition] = []
-        self._next: dict[TopicPartition, int] = {}
+        self._reader: GroupReader | None = None
+        self._next: dict[Partition, int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._pending_tombstones: OrderedDict[str, None] = OrderedDict()
         self._closed = False
@@ -286,7 +267,7 @@ class ChangeStream:
     @classmethod
     def from_config(cls, config: Config, entities: Iterable[Entity] = ENTITIES, **kw: Any) -> Self:
         """A stream over the topics of a producer config (its ``[kafka]`` connection)."""
-        from producer.kafka_options import consumer_options  # noqa: PLC0415 - config is optional
+        from producer.kafka.options import consumer_options  # noqa: PLC0415 - config is optional
 
         options = consumer_options(config.kafka)
         return cls(
@@ -315,61 +296,51 @@ class ChangeStream:
         """Connect, assign every partition of the topics and seek to the start."""
         if self._closed:
             raise ClientClosed("this ChangeStream was closed; make a new one")
-        if self._consumer is not None:
+        if self._reader is not None:
             return
-        consumer = AIOKafkaConsumer(
-            **self._options,
-            group_id=self._group_id,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        reader = GroupReader(
+            self._options, list(self._entities), group_id=self._group_id, action="consume"
         )
-        self._consumer = consumer
+        await reader.__aenter__()
+        self._reader = reader
         try:
-            await consumer.start()
-            for topic in self._entities:
-                self._tps.extend(await topic_partitions(consumer, topic))
-            consumer.assign(self._tps)
-            await self._seek(consumer)
+            self._next = await self._start_offsets(reader)
+            reader.seek(self._next)
             await self._schemas.refresh()
-        except KafkaError as exc:
-            await self.close()
-            raise BrokerUnavailable(f"consumer start: {exc}") from exc
         except BaseException:
             await self.close()
             raise
 
-    async def _seek(self, consumer: AIOKafkaConsumer) -> None:
-        """Position every partition explicitly (offsets looked up now, not lazily reset)."""
+    async def _start_offsets(self, reader: GroupReader) -> dict[Partition, int]:
+        """Where every partition starts (looked up now, never a lazy reset)."""
         start = self._start
-        tps = self._tps
-        first = await consumer.beginning_offsets(tps)
-        offsets: dict[TopicPartition, int | None]
+        first = await reader.beginning_offsets()
+        offsets: Mapping[Partition, int | None]
         if start == "beginning":
-            offsets = dict(first)
+            offsets = first
         elif start == "end":
-            offsets = dict(await consumer.end_offsets(tps))
+            offsets = await reader.end_offsets()
         elif isinstance(start, datetime):
-            found = await consumer.offsets_for_times(
-                dict.fromkeys(tps, int(start.timestamp() * 1000))
-            )
-            end = await consumer.end_offsets(tps)
+            found = await reader.offsets_for_time(int(start.timestamp() * 1000))
+            end = await reader.end_offsets()
             # No record at or after that time yet: start at the end.
-            offsets = {tp: end[tp] if hit is None else hit.offset for tp, hit in found.items()}
+            offsets = {p: end[p] if hit is None else hit for p, hit in found.items()}
         elif start == "committed":
-            offsets = {tp: await consumer.committed(tp) for tp in tps}
+            offsets = await reader.committed()
         else:
-            offsets = {tp: start.get((tp.topic, tp.partition)) for tp in tps}
-        for tp in tps:
-            offset = offsets.get(tp)
-            consumer.seek(tp, first[tp] if offset is None else max(offset, first[tp]))
+            offsets = start
+        out = {}
+        for p, lowest in first.items():
+            offset = offsets.get(p)
+            out[p] = lowest if offset is None else max(offset, lowest)
+        return out
 
     async def close(self) -> None:
         """Leave the broker; idempotent. Commits nothing: call ``commit()`` first."""
         self._closed = True
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.__aexit__(None, None, None)
 
     # -- iteration -----------------------------------------------------------------------------
 
@@ -377,34 +348,33 @@ class ChangeStream:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[ChangeEvent]:
-        consumer = self._require()
+        reader = self._require()
+        # A previous iteration may have stopped inside a fetched batch: resume after the last
+        # record it handed out.
+        reader.seek(self._next)
         while True:
-            try:
-                batch = await consumer.getmany(timeout_ms=500)
-            except KafkaError as exc:
-                raise BrokerUnavailable(f"consume: {exc}") from exc
-            if not batch:
-                if self._stop_at_end and await self._at_end(consumer):
+            messages = await reader.poll(500)
+            if not messages:
+                if self._stop_at_end and await self._at_end(reader):
                     return
                 continue
-            for tp, messages in batch.items():
-                for m in messages:
-                    event = await self._handle(tp, m)
-                    self._next[tp] = m.offset + 1
-                    if event is not None:
-                        yield event
+            for m in messages:
+                event = await self._handle(m)
+                self._next[(m.topic, m.partition)] = m.offset + 1
+                if event is not None:
+                    yield event
 
-    async def _handle(self, tp: TopicPartition, m: Any) -> ChangeEvent | None:
+    async def _handle(self, m: Message) -> ChangeEvent | None:
         """The event a record stands for, or None when it is skipped."""
         key = (m.key or b"").decode("utf-8", "replace")
-        entity = self._entities[tp.topic]
+        entity = self._entities[m.topic]
         if m.value is None:
             if key in self._pending_tombstones:
                 del self._pending_tombstones[key]
                 return None  # completes the DELETED event handed out before it
-            return _tombstone(key, entity, tp.topic, tp.partition, m.offset)
-        where = f"{tp.topic}[{tp.partition}]@{m.offset}"
-        event = _event(await self._schemas.decode(m.value, where), tp.topic, tp.partition, m.offset)
+            return _tombstone(key, entity, m.topic, m.partition, m.offset)
+        where = f"{m.topic}[{m.partition}]@{m.offset}"
+        event = _event(await self._schemas.decode(m.value, where), m.topic, m.partition, m.offset)
         if event.op == "DELETED":
             _remember(self._pending_tombstones, key, _PENDING_TOMBSTONES)
         if self._window:
@@ -414,36 +384,29 @@ class ChangeStream:
             _remember(self._seen, event.event_id, self._window)
         return event
 
-    async def _at_end(self, consumer: AIOKafkaConsumer) -> bool:
-        try:
-            end = await consumer.end_offsets(self._tps)
-            return all([await consumer.position(tp) >= end[tp] for tp in self._tps])
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"consume: {exc}") from exc
+    async def _at_end(self, reader: GroupReader) -> bool:
+        end = await reader.end_offsets()
+        positions = await reader.positions()
+        return all(positions[p] >= offset for p, offset in end.items())
 
     # -- offsets -------------------------------------------------------------------------------
 
-    def positions(self) -> dict[tuple[str, int], int]:
-        """The next offset to read per ``(topic, partition)``, for records handed out so far."""
-        return {(tp.topic, tp.partition): offset for tp, offset in self._next.items()}
+    def positions(self) -> dict[Partition, int]:
+        """The next offset to read per ``(topic, partition)``, after the records handed out (or
+        skipped) so far; the start offsets before the first."""
+        return dict(self._next)
 
     async def commit(self) -> None:
         """Commit ``positions()`` for the group: call it after the application's transaction."""
-        consumer = self._require()
+        reader = self._require()
         if self._group_id is None:
             raise ConfigError("group_id", "commit() needs a group_id")
-        if not self._next:
-            return
-        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in self._next.items()}
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"commit offsets for group {self._group_id}: {exc}") from exc
+        await reader.commit(self._next)
 
-    def _require(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
+    def _require(self) -> GroupReader:
+        if self._reader is None:
             raise ClientClosed("the ChangeStream is not started (use `async with`)")
-        return self._consumer
+        return self._reader
 
 
 def _remember(seen: OrderedDict[str, None], key: str, window: int) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from producer.config import Config
 from producer.consume import ChangeEvent, ChangeStream
 from producer.errors import ClientClosed, ConfigError, EncodingError
 from producer.service import Service
@@ -35,6 +36,7 @@ class Synced:
     prefix: str
     sim: Simulator
     between: datetime
+    config: Config
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ async def synced(kafka_bootstrap: str, unique_prefix: str, tmp_path: Path) -> As
             d.mark_tobedeleted("users", users[2])
             d.hard_delete("enrollments", sorted(d.truth_state("enrollments"))[0])
             await service.sync("k", full=True)
-        yield Synced(kafka_bootstrap, unique_prefix, sim, between)
+        yield Synced(kafka_bootstrap, unique_prefix, sim, between, config)
 
 
 def stream(s: Synced, **kw: object) -> ChangeStream:
@@ -126,7 +128,8 @@ async def test_replay_from_the_beginning_hands_out_every_committed_event_once_ty
 
 async def test_committed_offsets_resume_where_the_group_committed(synced: Synced) -> None:
     """A group that committed after 10 events resumes with the 11th: the two runs together hand
-    out every event once. Without a commit, a restart hands everything out again."""
+    out every event once. A second loop over one stream resumes where the first stopped. Without
+    a commit, a restart hands everything out again."""
     async with stream(synced, start="beginning") as s:
         everything = [e.event_id for e in await collect(s)]
     async with stream(synced, group_id="g-commit", start="committed") as s:
@@ -139,7 +142,9 @@ async def test_committed_offsets_resume_where_the_group_committed(synced: Synced
     assert len(head) == 10
 
     async with stream(synced, group_id="g-nocommit", start="committed") as s:
-        await collect(s, limit=10)
+        first = await collect(s, limit=10)
+        rest = await collect(s)  # iterating again resumes after the last event handed out
+    assert sorted(e.event_id for e in first + rest) == sorted(everything)
     async with stream(synced, group_id="g-nocommit", start="committed") as s:
         again = await collect(s)
     assert sorted(e.event_id for e in again) == sorted(everything)
@@ -147,8 +152,12 @@ async def test_committed_offsets_resume_where_the_group_committed(synced: Synced
 
 async def test_start_from_a_timestamp_hands_out_only_later_events(synced: Synced) -> None:
     """Starting at a moment between the two sync passes hands out exactly the second pass's
-    changes: the creates, updates and deletes, no snapshot CREATED."""
-    async with stream(synced, start=synced.between) as s:
+    changes: the creates, updates and deletes, no snapshot CREATED (the stream built from the
+    producer's config)."""
+    from_config = ChangeStream.from_config(
+        synced.config, ENTITIES, start=synced.between, stop_at_end=True
+    )
+    async with from_config as s:
         later = await collect(s)
     assert later
     early = [e for e in later if e.emitted_at is None or e.emitted_at < synced.between]
