@@ -305,7 +305,7 @@ class ChangeStream:
         self._reader = reader
         try:
             self._next = await self._start_offsets(reader)
-            reader.seek(self._next)
+            reader.seek_to(self._next)
             await self._schemas.refresh()
         except BaseException:
             await self.close()
@@ -314,15 +314,15 @@ class ChangeStream:
     async def _start_offsets(self, reader: GroupReader) -> dict[Partition, int]:
         """Where every partition starts (looked up now, never a lazy reset)."""
         start = self._start
-        first = await reader.beginning_offsets()
+        first = await reader.first_offsets()
         offsets: Mapping[Partition, int | None]
         if start == "beginning":
             offsets = first
         elif start == "end":
-            offsets = await reader.end_offsets()
+            offsets = await reader.last_offsets()
         elif isinstance(start, datetime):
-            found = await reader.offsets_for_time(int(start.timestamp() * 1000))
-            end = await reader.end_offsets()
+            found = await reader.offsets_at(int(start.timestamp() * 1000))
+            end = await reader.last_offsets()
             # No record at or after that time yet: start at the end.
             offsets = {p: end[p] if hit is None else hit for p, hit in found.items()}
         elif start == "committed":
@@ -351,7 +351,7 @@ class ChangeStream:
         reader = self._require()
         # A previous iteration may have stopped inside a fetched batch: resume after the last
         # record it handed out.
-        reader.seek(self._next)
+        reader.seek_to(self._next)
         while True:
             messages = await reader.poll(500)
             if not messages:
@@ -385,8 +385,8 @@ class ChangeStream:
         return event
 
     async def _at_end(self, reader: GroupReader) -> bool:
-        end = await reader.end_offsets()
-        positions = await reader.positions()
+        end = await reader.last_offsets()
+        positions = await reader.next_offsets()
         return all(positions[p] >= offset for p, offset in end.items())
 
     # -- offsets -------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "provision" / "provision.py"
 ENTITIES = ("users", "classes", "enrollments")
 DISTRICT = "prov"
+#: Options of a full replay that exits once caught up.
+REPLAY = ("--start", "beginning", "--stop-at-end")
 
 
 @pytest.fixture
@@ -116,18 +118,10 @@ def assert_equal_to_truth(dsn: str, sim: Simulator) -> None:
         assert wrong == {}, entity
 
 
-def example(dsn: str, bootstrap: str, prefix: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(EXAMPLE),
-        "--bootstrap",
-        bootstrap,
-        "--prefix",
-        prefix,
-        "--dsn",
-        dsn,
-        *extra,
-    ]
+def example(dsn: str, bootstrap: str, prefix: str, group: str, *extra: str) -> list[str]:
+    """The example's command line for ``group``, plus ``extra`` options."""
+    common = ["--bootstrap", bootstrap, "--prefix", prefix, "--dsn", dsn, "--group", group]
+    return [sys.executable, str(EXAMPLE), *common, *extra]
 
 
 async def run_example(cmd: list[str]) -> dict[str, int]:
@@ -172,18 +166,7 @@ async def test_database_equals_the_truth_after_replay_crash_and_second_replay(
         await service.sync(DISTRICT, full=True)
 
     # 1. A full replay from the beginning into an empty database.
-    replay = await run_example(
-        example(
-            pg,
-            kafka_bootstrap,
-            unique_prefix,
-            "--group",
-            "g1",
-            "--start",
-            "beginning",
-            "--stop-at-end",
-        )
-    )
+    replay = await run_example(example(pg, kafka_bootstrap, unique_prefix, "g1", *REPLAY))
     total = replay["applied"]
     assert replay["skipped"] == 0
     assert total > 100
@@ -193,7 +176,7 @@ async def test_database_equals_the_truth_after_replay_crash_and_second_replay(
     with psycopg.connect(pg, autocommit=True) as conn:
         conn.execute("DROP TABLE users, classes, enrollments, applied_events")
     slow = subprocess.Popen(  # noqa: ASYNC220 - killed below, never awaited
-        example(pg, kafka_bootstrap, unique_prefix, "--group", "g2", "--pause", "0.05"),
+        example(pg, kafka_bootstrap, unique_prefix, "g2", "--pause", "0.05"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
@@ -210,9 +193,7 @@ async def test_database_equals_the_truth_after_replay_crash_and_second_replay(
             slow.kill()
     partial = applied_rows(pg)
     assert 20 <= partial < total
-    resumed = await run_example(
-        example(pg, kafka_bootstrap, unique_prefix, "--group", "g2", "--stop-at-end")
-    )
+    resumed = await run_example(example(pg, kafka_bootstrap, unique_prefix, "g2", "--stop-at-end"))
     # Resumed after the committed offset: at most the one event between DB and Kafka commit
     # is handed out again (and skipped).
     assert resumed["skipped"] <= 1
@@ -223,18 +204,7 @@ async def test_database_equals_the_truth_after_replay_crash_and_second_replay(
     async with Service(config) as service:
         mutate(sim, 2)
         await service.sync(DISTRICT, full=True)
-    again = await run_example(
-        example(
-            pg,
-            kafka_bootstrap,
-            unique_prefix,
-            "--group",
-            "g2",
-            "--start",
-            "beginning",
-            "--stop-at-end",
-        )
-    )
+    again = await run_example(example(pg, kafka_bootstrap, unique_prefix, "g2", *REPLAY))
     assert again["skipped"] == total
     assert again["applied"] > 0
     assert_equal_to_truth(pg, sim)

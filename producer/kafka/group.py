@@ -11,20 +11,22 @@ Kafka errors leave as ``BrokerUnavailable`` with the caller's ``action`` in the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from producer.kafka.reader import Message, kafka_errors, topic_partitions
+from producer.kafka.reader import TopicReader, kafka_errors
 
 #: A partition as the application sees it.
 Partition = tuple[str, int]
 
 
-class GroupReader:
-    """A read_committed consumer of every partition of ``topics``, committing for ``group_id``."""
+class GroupReader(TopicReader):
+    """A ``TopicReader`` over several topics whose offsets are committed for ``group_id``.
+
+    Partitions are ``(topic, partition)`` here; ``poll`` and the context manager are inherited.
+    """
 
     def __init__(
         self,
@@ -34,53 +36,25 @@ class GroupReader:
         group_id: str | None,
         action: str,
     ) -> None:
-        self._consumer = AIOKafkaConsumer(
-            **consumer_config,
-            group_id=group_id,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        super().__init__(
+            consumer_config, *topics, action=action, group_id=group_id, auto_offset_reset="earliest"
         )
-        self._topics = topics
-        self._action = action
-        self._tps: list[TopicPartition] = []
+        self._group_action = f"{action} (group {group_id})"
 
-    async def __aenter__(self) -> Self:
-        try:
-            with kafka_errors(self._action):
-                await self._consumer.start()
-                for topic in self._topics:
-                    self._tps.extend(await topic_partitions(self._consumer, topic))
-                self._consumer.assign(self._tps)
-        except BaseException:
-            await self._consumer.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._consumer.stop()
-
-    @property
-    def partitions(self) -> list[Partition]:
-        return [(tp.topic, tp.partition) for tp in self._tps]
-
-    async def beginning_offsets(self) -> dict[Partition, int]:
-        with kafka_errors(self._action):
-            found = await self._consumer.beginning_offsets(self._tps)
+    def _keyed(self, found: Mapping[TopicPartition, int]) -> dict[Partition, int]:
         return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
-    async def end_offsets(self) -> dict[Partition, int]:
+    async def first_offsets(self) -> dict[Partition, int]:
+        """The first offset still held, per partition."""
+        with kafka_errors(self._action):
+            return self._keyed(await self._consumer.beginning_offsets(self._tps))
+
+    async def last_offsets(self) -> dict[Partition, int]:
         """The last stable offsets now (read_committed: open transactions end before them)."""
         with kafka_errors(self._action):
-            found = await self._consumer.end_offsets(self._tps)
-        return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
+            return self._keyed(await self._consumer.end_offsets(self._tps))
 
-    async def offsets_for_time(self, millis: int) -> dict[Partition, int | None]:
+    async def offsets_at(self, millis: int) -> dict[Partition, int | None]:
         """The first offset at or after ``millis`` (record time) per partition; None if none."""
         with kafka_errors(self._action):
             found = await self._consumer.offsets_for_times(dict.fromkeys(self._tps, millis))
@@ -91,33 +65,26 @@ class GroupReader:
 
     async def committed(self) -> dict[Partition, int | None]:
         """The group's committed offset per partition; None where it has none."""
-        with kafka_errors(self._action):
-            return {
-                (tp.topic, tp.partition): await self._consumer.committed(tp) for tp in self._tps
-            }
+        consumer = self._consumer
+        with kafka_errors(self._group_action):
+            return {(tp.topic, tp.partition): await consumer.committed(tp) for tp in self._tps}
 
-    def seek(self, positions: Mapping[Partition, int]) -> None:
+    def seek_to(self, positions: Mapping[Partition, int]) -> None:
         """Each partition named in ``positions`` to that offset."""
         for tp in self._tps:
             offset = positions.get((tp.topic, tp.partition))
             if offset is not None:
                 self._consumer.seek(tp, offset)
 
-    async def positions(self) -> dict[Partition, int]:
+    async def next_offsets(self) -> dict[Partition, int]:
         """The next offset the consumer will fetch, per partition."""
+        consumer = self._consumer
         with kafka_errors(self._action):
-            return {(tp.topic, tp.partition): await self._consumer.position(tp) for tp in self._tps}
-
-    async def poll(self, wait_ms: int) -> list[Message]:
-        """The records that arrived since the last call (waits up to ``wait_ms``), in partition
-        order within each partition."""
-        with kafka_errors(self._action):
-            batch = await self._consumer.getmany(timeout_ms=wait_ms)
-        return [m for part in batch.values() for m in part]
+            return {(tp.topic, tp.partition): await consumer.position(tp) for tp in self._tps}
 
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit ``offsets`` (the next offset to read, per partition) for the group."""
-        with kafka_errors(self._action):
+        with kafka_errors(self._group_action):
             await self._consumer.commit(
                 {TopicPartition(t, p): OffsetAndMetadata(o, "") for (t, p), o in offsets.items()}
             )
