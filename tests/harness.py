@@ -25,6 +25,7 @@ def make_config(
     districts: list[str] | None = None,
     sync: dict[str, Any] | None = None,
     district_overrides: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Config:
     """A validated config for ``sim``'s districts under a unique topic prefix."""
     ids = districts if districts is not None else [d.spec.id for d in sim.districts]
@@ -41,5 +42,6 @@ def make_config(
         "state": {"dir": str(state_dir)},
         "http": {"listen": "127.0.0.1:0"},
         "districts": [district_entry(sim, i, **(district_overrides or {})) for i in ids],
+        **(extra or {}),
     }
     return config_from_mapping(data, {})
