@@ -64,7 +64,10 @@ def server() -> Iterator[str]:
     port = _free_port()
 
     def run(*args: str) -> None:
-        done = subprocess.run(args, user=user, capture_output=True, text=True, check=False)
+        # cwd: the postgres user may not be allowed into the checkout's directory.
+        done = subprocess.run(
+            args, user=user, cwd=base, capture_output=True, text=True, check=False
+        )
         if done.returncode != 0:
             log = base / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
@@ -90,6 +93,7 @@ def server() -> Iterator[str]:
             subprocess.run(
                 [str(bins / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                 user=user,
+                cwd=base,
                 capture_output=True,
                 check=False,
             )
