@@ -33,10 +33,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -44,9 +44,10 @@ from producer import diff as differ
 from producer.checkpoints import Checkpoint, CheckpointBook, format_cursor
 from producer.errors import FilterUnsupported, Forbidden, ListingIncomplete
 from producer.events import Batch, Encoder, SourceInfo
-from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode, Version
+from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode
 from producer.normalise import dump_raw, normalise, parse_timestamp
-from producer.state import StateStore, StateWrite, StoredDigest
+from producer.protocols import Clock, Sink, Source, StateReader, SyncObserver
+from producer.state import StateWrite, StoredDigest
 
 log = structlog.get_logger(__name__)
 
@@ -62,42 +63,6 @@ _LATEST = datetime.max.replace(tzinfo=UTC)
 _IDLE_CHECKPOINT_EVERY = timedelta(minutes=10)
 #: Concurrent single-record GETs that confirm a full sync's candidate deletes.
 _VERIFY_CONCURRENCY = 4
-
-
-class Listing(Protocol):
-    """What the engine needs of a source listing (``producer.client.Listing``)."""
-
-    complete: bool
-    incomplete_reason: str | None
-
-    def __aiter__(self) -> AsyncIterator[RawPage]: ...
-
-
-class Source(Protocol):
-    """What the engine needs of a source (``producer.client.OneRosterClient``)."""
-
-    @property
-    def version(self) -> Version | None: ...
-
-    async def resolve_version(self) -> Version: ...
-
-    def listing(self, entity: Entity, *, since: datetime | None = None) -> Listing: ...
-
-    async def fetch_one(self, entity: Entity, sourced_id: str) -> dict[str, Any] | None: ...
-
-
-class Sink(Protocol):
-    """Where batches go (``producer.kafka.writer.TransactionalWriter``)."""
-
-    async def commit(self, batch: Batch) -> None: ...
-
-
-class Observer(Protocol):
-    """Counts what a pass did (``producer.metrics.Metrics`` adapts to it)."""
-
-    def pass_done(self, result: EntityResult) -> None: ...
-
-    def mass_delete_held(self, district_id: str, entity: str, count: int) -> None: ...
 
 
 class _NoObserver:
@@ -172,14 +137,14 @@ class DistrictSync:
         district_id: str,
         source: Source,
         server: str | None,
-        store: StateStore,
+        store: StateReader,
         sink: Sink,
         encoder: Encoder,
         checkpoints: CheckpointBook,
         settings: SyncSettings,
         entities: Sequence[Entity] = ENTITIES,
-        observer: Observer | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        observer: SyncObserver | None = None,
+        clock: Clock = lambda: datetime.now(UTC),
     ) -> None:
         self.district_id = district_id
         self._source = source
@@ -191,7 +156,7 @@ class DistrictSync:
         self._settings = settings
         self._overlap = timedelta(seconds=settings.overlap)
         self._entities = [e for e in ENTITIES if e in entities]
-        self._observer: Observer = observer or _NoObserver()
+        self._observer: SyncObserver = observer or _NoObserver()
         self._clock = clock
 
     async def sync(
@@ -551,7 +516,9 @@ class DistrictSync:
         )
 
 
-def _net_new(store: StateStore, entity: str, district_id: str, writes: Sequence[StateWrite]) -> int:
+def _net_new(
+    store: StateReader, entity: str, district_id: str, writes: Sequence[StateWrite]
+) -> int:
     """How the key count changes when ``writes`` are applied: upserts of unknown keys add one,
     deletes of known keys remove one."""
     if not writes:

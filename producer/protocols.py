@@ -1,0 +1,94 @@
+"""The seams between the pipeline's boxes, declared once.
+
+Every box takes its collaborators through its constructor, typed by these protocols, so a box
+can run against an in-memory stand-in (``producer.testing``) as well as the real thing. The
+shared Literals (``Entity``, ``Status``, ``Version``, ``Op``, ``SyncMode``, ``DeleteReason``)
+live with the values they type, in ``producer.model``.
+
+Seams, with the real implementation and the in-memory one of ``producer.testing``:
+
+- ``Source``: ``producer.client.OneRosterClient``; ``MemorySource``.
+- ``Listing``: ``producer.client.Listing``; ``MemoryListing``.
+- ``Sink``: ``producer.kafka.writer.TransactionalWriter``; ``MemorySink``.
+- ``StateReader``: ``producer.state.StateStore``; ``MemoryState``.
+- ``SyncObserver``: the metrics observer; ``RecordingObserver``.
+- ``ClientObserver``: the metrics observer's ``client_event``; any callable.
+- ``Clock``: ``datetime.now(UTC)``; a lambda.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from producer.model import Entity, RawPage, Version
+
+if TYPE_CHECKING:
+    from producer.events import Batch
+    from producer.state import StoredDigest, StoredRecord
+    from producer.sync import EntityResult
+
+#: The producer's wall clock: an aware UTC datetime.
+Clock = Callable[[], datetime]
+
+#: Source-client events (``request.retry``, ``page.fetched``, ...; see ``producer.retry``).
+ClientObserver = Callable[[str, Mapping[str, object]], None]
+
+
+class Listing(Protocol):
+    """One listing of one entity: pages, then whether it completed."""
+
+    complete: bool
+    incomplete_reason: str | None
+
+    def __aiter__(self) -> AsyncIterator[RawPage]: ...
+
+
+class Source(Protocol):
+    """A district's OneRoster server, as the sync engine needs it."""
+
+    @property
+    def version(self) -> Version | None: ...
+
+    async def resolve_version(self) -> Version: ...
+
+    def listing(self, entity: Entity, *, since: datetime | None = None) -> Listing: ...
+
+    async def fetch_one(self, entity: Entity, sourced_id: str) -> dict[str, Any] | None: ...
+
+
+class Sink(Protocol):
+    """Where batches go: one transaction each, after which the state store reflects it."""
+
+    async def commit(self, batch: Batch) -> None: ...
+
+
+class StateReader(Protocol):
+    """What the sync engine reads of the state store (plus one cache hint it may write)."""
+
+    def count(self, entity: str | None = None, district_id: str | None = None) -> int: ...
+
+    def digests(
+        self, entity: str, district_id: str, sourced_ids: Sequence[str]
+    ) -> dict[str, StoredDigest]: ...
+
+    def get(self, entity: str, district_id: str, sourced_id: str) -> StoredRecord | None: ...
+
+    def get_many(
+        self, entity: str, district_id: str, sourced_ids: Sequence[str]
+    ) -> dict[str, StoredRecord]: ...
+
+    def sourced_ids(self, entity: str, district_id: str) -> Iterator[str]: ...
+
+    def remember_raw_digests(
+        self, entity: str, district_id: str, pairs: Sequence[tuple[str, bytes]]
+    ) -> None: ...
+
+
+class SyncObserver(Protocol):
+    """Counts what a pass did (``producer.metrics.MetricsObserver``)."""
+
+    def pass_done(self, result: EntityResult) -> None: ...
+
+    def mass_delete_held(self, district_id: str, entity: str, count: int) -> None: ...
