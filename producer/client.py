@@ -25,6 +25,7 @@ from multidict import CIMultiDictProxy
 
 from producer import errors
 from producer.auth import Authenticator
+from producer.config import DistrictConfig, default
 from producer.filters import (
     DEFAULT_FORMAT,
     TimestampFormat,
@@ -34,7 +35,8 @@ from producer.filters import (
     parse_timestamp,
 )
 from producer.model import Entity, RawPage, Version
-from producer.retry import Observer, Requester, RetryPolicy, ignore_events, loggable_url
+from producer.protocols import ClientObserver, ListingDone, ignore_events
+from producer.retry import Requester, RetryPolicy, loggable_url
 
 log = structlog.get_logger(__name__)
 
@@ -82,13 +84,13 @@ class OneRosterClient:
         base_url: str,
         version: VersionSetting,
         auth: Authenticator,
-        page_size: int = 1000,
-        concurrency: int = 4,
-        request_timeout: float = 60.0,
+        page_size: int = default(DistrictConfig, "page_size"),
+        concurrency: int = default(DistrictConfig, "concurrency"),
+        request_timeout: float = default(DistrictConfig, "request_timeout"),
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
         session: aiohttp.ClientSession | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        observer: Observer = ignore_events,
+        observer: ClientObserver = ignore_events,
         sort: bool = True,
     ) -> None:
         if version not in ("1.1", "1.2", "auto"):
@@ -385,15 +387,14 @@ class Listing:
             self.complete = True
         seconds = time.monotonic() - started
         client._observer(
-            "listing.done",
-            {
-                "district_id": client.district_id,
-                "entity": self.entity,
-                "records": self.records,
-                "pages": self.pages,
-                "complete": self.complete,
-                "seconds": seconds,
-            },
+            ListingDone(
+                client.district_id,
+                self.entity,
+                records=self.records,
+                pages=self.pages,
+                complete=self.complete,
+                seconds=seconds,
+            )
         )
         bound.info(
             "source.listing_done",
@@ -492,11 +493,9 @@ class Listing:
 __all__ = [
     "BASE_PATHS",
     "Listing",
-    "Observer",
     "OneRosterClient",
     "Requester",
     "RetryPolicy",
     "VersionSetting",
-    "ignore_events",
     "loggable_url",
 ]

@@ -29,7 +29,8 @@ from producer.auth import BearerToken
 from producer.client import VersionSetting
 from producer.filters import encode_query
 from producer.model import Secret
-from producer.retry import Observer, Requester, RetryPolicy, ignore_events
+from producer.protocols import ClientObserver, ignore_events
+from producer.retry import Requester, RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -136,7 +137,7 @@ async def discover(
     concurrency: int = 4,
     request_timeout: float = 30.0,
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
-    observer: Observer = ignore_events,
+    observer: ClientObserver = ignore_events,
 ) -> list[DiscoveredDistrict]:
     """The usable districts behind ``host`` (ids ``classlink-<tenant_id>``).
 

@@ -18,7 +18,8 @@ Seams, with the real implementation and the in-memory one of ``producer.testing`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,8 +33,62 @@ if TYPE_CHECKING:
 #: The producer's wall clock: an aware UTC datetime.
 Clock = Callable[[], datetime]
 
-#: Source-client events (``request.retry``, ``page.fetched``, ...; see ``producer.retry``).
-ClientObserver = Callable[[str, Mapping[str, object]], None]
+
+# -- source-client events (emitted by ``producer.retry.Requester`` and ``producer.client``) ---
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRetried:
+    """A request failed with a retriable error and is retried after ``delay`` seconds."""
+
+    district_id: str
+    entity: str
+    attempt: int
+    delay: float
+    #: The error's class name (never its message).
+    error: str
+    #: HTTP status, 0 when there was none (a network error).
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reauthenticated:
+    """A 401 led to one re-authentication."""
+
+    district_id: str
+    entity: str
+
+
+@dataclass(frozen=True, slots=True)
+class PageFetched:
+    """A page arrived: its offset, record count and latency in seconds."""
+
+    district_id: str
+    entity: str
+    offset: int
+    records: int
+    latency: float
+
+
+@dataclass(frozen=True, slots=True)
+class ListingDone:
+    """A listing ended (``complete`` False when it was cut short)."""
+
+    district_id: str
+    entity: str
+    records: int
+    pages: int
+    complete: bool
+    seconds: float
+
+
+ClientEvent = RequestRetried | Reauthenticated | PageFetched | ListingDone
+#: Receives the source client's events (``producer.metrics.MetricsObserver.client_event``).
+ClientObserver = Callable[[ClientEvent], None]
+
+
+def ignore_events(event: ClientEvent) -> None:
+    """The default client observer: drops every event."""
 
 
 class Listing(Protocol):

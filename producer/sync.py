@@ -42,6 +42,7 @@ import structlog
 
 from producer import diff as differ
 from producer.checkpoints import Checkpoint, CheckpointBook, format_cursor
+from producer.config import SyncConfig
 from producer.errors import FilterUnsupported, Forbidden, ListingIncomplete
 from producer.events import Batch, Encoder, SourceInfo
 from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode
@@ -71,15 +72,6 @@ class _NoObserver:
 
     def mass_delete_held(self, district_id: str, entity: str, count: int) -> None:
         pass
-
-
-@dataclass(frozen=True, slots=True)
-class SyncSettings:
-    """The ``[sync]`` knobs the engine uses."""
-
-    overlap: float = 300.0
-    mass_delete_threshold: float = 0.10
-    batch_size: int = 1000
 
 
 @dataclass(slots=True)
@@ -141,7 +133,7 @@ class DistrictSync:
         sink: Sink,
         encoder: Encoder,
         checkpoints: CheckpointBook,
-        settings: SyncSettings,
+        settings: SyncConfig,
         entities: Sequence[Entity] = ENTITIES,
         observer: SyncObserver | None = None,
         clock: Clock = lambda: datetime.now(UTC),

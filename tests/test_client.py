@@ -28,6 +28,7 @@ from producer.discovery import DirectOAuth1, discover
 from producer.envelope import describe_body, records_of
 from producer.filters import TimestampFormat
 from producer.model import Secret
+from producer.protocols import ClientEvent, ListingDone, PageFetched, RequestRetried
 from producer.retry import RetryPolicy
 from producer.simulator import DistrictSpec, Faults, Simulator
 from producer.simulator.auth import SCOPE_CORE
@@ -439,23 +440,18 @@ async def test_rejected_sort_is_dropped_for_the_district(server):
 async def test_transient_faults_are_retried(server, fault):
     """429, 5xx, HTML gateways, resets, truncated JSON, busy envelopes and hangs are retried."""
     server.faults.extend([None, fault, fault])
-    events: list[tuple[str, dict[str, object]]] = []
-    client = client_for(
-        server,
-        concurrency=1,
-        request_timeout=0.3,
-        observer=lambda e, f: events.append((e, dict(f))),
-    )
+    events: list[ClientEvent] = []
+    client = client_for(server, concurrency=1, request_timeout=0.3, observer=events.append)
     async with client:
         listing, records = await collect(client)
     assert len(records) == 25
     assert listing.complete
-    attempts = [f["attempt"] for e, f in events if e == "request.retry"]
+    attempts = [e.attempt for e in events if isinstance(e, RequestRetried)]
     if fault == "reset":  # aiohttp itself re-sends once when a kept-alive connection drops
         assert attempts in ([1], [1, 2])
     else:
         assert attempts == [1, 2]
-    assert {e for e, _ in events} >= {"page.fetched", "listing.done"}
+    assert {type(e) for e in events} >= {PageFetched, ListingDone}
 
 
 async def test_a_page_disagreeing_with_its_x_count_is_retried(server):
@@ -466,12 +462,12 @@ async def test_a_page_disagreeing_with_its_x_count_is_retried(server):
         return web.Response(body=rows, headers={"x-count": "10"}, content_type="application/json")
 
     server.faults.append(short)
-    events: list[str] = []
-    async with client_for(server, observer=lambda e, f: events.append(e)) as client:
+    events: list[ClientEvent] = []
+    async with client_for(server, observer=events.append) as client:
         listing, records = await collect(client)
     assert listing.complete
     assert ids(records) == Counter(r["sourcedId"] for r in server.records)
-    assert events.count("request.retry") == 1
+    assert sum(isinstance(e, RequestRetried) for e in events) == 1
 
 
 async def test_a_slow_consumer_holds_back_fetching(server):

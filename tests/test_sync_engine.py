@@ -14,12 +14,13 @@ import pytest
 from producer import events
 from producer.avro import Schemas
 from producer.checkpoints import Checkpoint, CheckpointBook
+from producer.config import SyncConfig
 from producer.errors import BrokerUnavailable, ListingIncomplete
 from producer.events import Encoder, OutRecord
 from producer.kafka.topics import TopicNames
 from producer.model import Entity
 from producer.state import StateStore
-from producer.sync import DistrictSync, EntityResult, SyncSettings
+from producer.sync import DistrictSync, EntityResult
 from producer.testing import MemorySink, MemorySource, RecordingObserver, memory_store
 
 SCHEMAS = Schemas.load(history=False)
@@ -52,7 +53,7 @@ class Engine:
     """One district's engine wired to in-memory seams, with a settable clock."""
 
     source: MemorySource
-    settings: SyncSettings = field(default_factory=SyncSettings)
+    settings: SyncConfig = field(default_factory=SyncConfig)
     now: datetime = T0 + timedelta(hours=1)
     store: StateStore = field(default_factory=memory_store)
     book: CheckpointBook = field(default_factory=CheckpointBook)
@@ -121,7 +122,7 @@ async def test_next_pass_is_a_delta_from_the_cursor_minus_the_overlap() -> None:
     """After a snapshot, a pass lists with ``since = cursor - overlap``; records re-read in the
     overlap emit nothing, a changed one is UPDATED with its changed fields."""
     source = MemorySource({"orgs": orgs(3)})
-    engine = Engine(source, settings=SyncSettings(overlap=60))
+    engine = Engine(source, settings=SyncConfig(overlap=60))
     await engine.run()
     source.records["orgs"][1] = org("org-001", at=T0 + timedelta(minutes=1), name="Renamed")
     before = len(engine.sink.batches)
@@ -273,7 +274,7 @@ async def test_an_ignored_delta_filter_switches_to_full_listings() -> None:
     """A delta listing that returns records older than its filter (beyond a second) marks the
     source as ignoring it; the next pass lists in full."""
     source = MemorySource({"orgs": orgs(3, at=T0 - timedelta(days=1))}, delta_filter="ignore")
-    engine = Engine(source, settings=SyncSettings(overlap=60))
+    engine = Engine(source, settings=SyncConfig(overlap=60))
     await engine.run()
     source.records["orgs"].append(org("late", at=T0))
     result = await engine.run()

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from producer.config import KafkaConfig
 from producer.errors import Fenced, TopicMisconfigured
 from producer.events import Batch, OutRecord
 from producer.kafka.reader import topic_partitions
@@ -50,7 +51,11 @@ async def read_topic(
 async def env(kafka_bootstrap: str, unique_prefix: str, tmp_path: Path):
     """Topics under a fresh prefix, a store and a started writer; all closed afterwards."""
     names = TopicNames(unique_prefix)
-    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings(partitions=3))
+    await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap},
+        names,
+        TopicSettings.from_config(KafkaConfig(partitions=3)),
+    )
     store = StateStore(tmp_path / "state.sqlite")
     writer = TransactionalWriter(
         producer_config={"bootstrap_servers": kafka_bootstrap},
@@ -81,9 +86,13 @@ async def test_ensure_topics_creates_every_topic_with_its_policy(
     """Missing topics are created: state and checkpoints compacted, events kept forever; a
     second call creates nothing."""
     names = TopicNames(unique_prefix)
-    created = await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+    created = await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap}, names, TopicSettings.from_config(KafkaConfig())
+    )
     assert sorted(created) == sorted(names.all())
-    again = await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+    again = await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap}, names, TopicSettings.from_config(KafkaConfig())
+    )
     assert again == []
 
 
@@ -100,7 +109,9 @@ async def test_ensure_topics_refuses_a_state_topic_that_is_not_compacted(
     )
     await admin.close()
     with pytest.raises(TopicMisconfigured, match=r"\.state.*compact"):
-        await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+        await ensure_topics(
+            {"bootstrap_servers": kafka_bootstrap}, names, TopicSettings.from_config(KafkaConfig())
+        )
 
 
 async def test_commit_writes_everything_then_advances_the_store(env, kafka_bootstrap: str) -> None:
@@ -199,7 +210,11 @@ async def test_restore_wipes_a_store_ahead_of_a_recreated_topic(
     """Stored offsets beyond the topic's end mean the topic was recreated: the store is
     wiped and rebuilt from what the topic holds now."""
     names = TopicNames(f"re{uuid.uuid4().hex[:8]}")
-    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings(partitions=1))
+    await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap},
+        names,
+        TopicSettings.from_config(KafkaConfig(partitions=1)),
+    )
     store = StateStore(tmp_path / "s.sqlite")
     try:
         store.apply(
