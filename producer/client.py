@@ -13,6 +13,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -26,17 +27,11 @@ from multidict import CIMultiDictProxy
 from producer import errors
 from producer.auth import Authenticator
 from producer.config import DistrictConfig, default
-from producer.filters import (
-    DEFAULT_FORMAT,
-    TimestampFormat,
-    delta_filter,
-    detect_format,
-    encode_query,
-    parse_timestamp,
-)
+from producer.filters import delta_filter, encode_query, filter_ignored
 from producer.model import Entity, RawPage, Version
 from producer.protocols import ClientObserver, ListingDone, ignore_events
 from producer.retry import Requester, RetryPolicy, loggable_url
+from producer.timestamps import DEFAULT_FORMAT, TimestampFormat, detect_format, parse_timestamp
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +62,17 @@ def _total(headers: CIMultiDictProxy[str]) -> int | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+@dataclass(slots=True)
+class ServerTraits:
+    """What the listings of one client have learned of its server (each listing reads and
+    updates it, so the next one starts from what the last one found)."""
+
+    #: Whether the server accepts ``sort=sourcedId``: ``None`` until a first page tells.
+    sorts: bool | None = None
+    #: How it writes ``dateLastModified`` (delta cursors are written the same way).
+    timestamp_format: TimestampFormat | None = None
 
 
 class OneRosterClient:
@@ -115,10 +121,8 @@ class OneRosterClient:
         self._requester: Requester | None = None
         self._closed = False
         self._detect_lock = asyncio.Lock()
-        #: ``None`` until a first page tells whether the server accepts ``sort=sourcedId``.
-        self._sort_ok: bool | None = None if sort else False
-        #: The ``dateLastModified`` format last observed on this server.
-        self.observed_format: TimestampFormat | None = None
+        #: What listings learn of the server, for the listings after them.
+        self.traits = ServerTraits(sorts=None if sort else False)
 
     def __repr__(self) -> str:
         return f"OneRosterClient(district_id={self.district_id!r}, base_url={self._root!r})"
@@ -230,7 +234,7 @@ class OneRosterClient:
         return dict(record)
 
     def _sort_params(self) -> list[tuple[str, str]]:
-        return [] if self._sort_ok is False else [("sort", "sourcedId"), ("orderBy", "asc")]
+        return [] if self.traits.sorts is False else [("sort", "sourcedId"), ("orderBy", "asc")]
 
 
 class Listing:
@@ -300,7 +304,7 @@ class Listing:
                 if isinstance(record, dict):
                     found = detect_format(record.get("dateLastModified"))
                     if found is not None:
-                        self.observed_format = self._client.observed_format = found
+                        self.observed_format = self._client.traits.timestamp_format = found
                         break
         if self._sent_cursor is not None and not self.filter_ignored:
             self._check_filter(records, self._sent_cursor)
@@ -309,21 +313,14 @@ class Listing:
         return RawPage(self.entity, offset, records, self.total)
 
     def _check_filter(self, records: list[Any], cursor: datetime) -> None:
-        for record in records:
-            if not isinstance(record, dict):
-                continue
-            modified = parse_timestamp(record.get("dateLastModified"))
-            if modified is None:
-                continue
-            if modified < cursor or (modified == cursor and not self._inclusive):
-                self.filter_ignored = True
-                log.warning(
-                    "source.filter_ignored",
-                    district_id=self._client.district_id,
-                    entity=self.entity,
-                    filter=self._filter,
-                )
-                return
+        if filter_ignored(records, cursor, inclusive=self._inclusive):
+            self.filter_ignored = True
+            log.warning(
+                "source.filter_ignored",
+                district_id=self._client.district_id,
+                entity=self.entity,
+                filter=self._filter,
+            )
 
     async def _fetch(
         self, offset: int, limit: int, *, sort: bool = True
@@ -351,23 +348,23 @@ class Listing:
 
     async def _first(self) -> tuple[list[Any], int | None]:
         client = self._client
-        if client._sort_ok is False:
+        if client.traits.sorts is False:
             return await self._fetch(0, client.page_size)
         try:
             result = await self._fetch(0, client.page_size)
         except errors.BadRequest:
             # Maybe the server refuses `sort`: ask once more without it before blaming the filter.
             result = await self._fetch(0, client.page_size, sort=False)
-            client._sort_ok = False
+            client.traits.sorts = False
             log.info("source.sort_unsupported", district_id=client.district_id, entity=self.entity)
         else:
-            client._sort_ok = True
+            client.traits.sorts = True
         return result
 
     async def _run(self) -> AsyncGenerator[RawPage, None]:
         client = self._client
         if self._since is not None:
-            fmt = self._since_format or client.observed_format or DEFAULT_FORMAT
+            fmt = self._since_format or client.traits.timestamp_format or DEFAULT_FORMAT
             self._filter = delta_filter(self._since, fmt)
             self._sent_cursor = parse_timestamp(fmt.format(self._since))
             self._inclusive = fmt.date_only

@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from producer.model import Op, SyncMode
 from producer.protocols import ClientEvent, PageFetched, RequestRetried
+from producer.timestamps import parse_timestamp
 
 if TYPE_CHECKING:
     from producer.sync import EntityResult
@@ -203,8 +204,9 @@ class MetricsObserver:
         if result.skipped is None:
             m.last_success(d, e, time.time())
         if result.cursor is not None:
-            cursor = datetime.fromisoformat(result.cursor.replace("Z", "+00:00"))
-            m.cursor_lag(d, e, max(0.0, (datetime.now(UTC) - cursor).total_seconds()))
+            cursor = parse_timestamp(result.cursor)
+            if cursor is not None:
+                m.cursor_lag(d, e, max(0.0, (datetime.now(UTC) - cursor).total_seconds()))
 
     def mass_delete_held(self, district_id: str, entity: str, count: int) -> None:
         self._m.mass_delete_held(district_id, entity)

@@ -96,6 +96,8 @@ class Listing(Protocol):
 
     complete: bool
     incomplete_reason: str | None
+    #: True when a delta listing returned records its filter excludes (``filters.filter_ignored``).
+    filter_ignored: bool
 
     def __aiter__(self) -> AsyncIterator[RawPage]: ...
 

@@ -23,8 +23,9 @@ enrollments, demographics):
   the entity: then nothing is deleted, the count is held in the checkpoint, an alert is logged
   and counted, until ``confirm-deletes`` runs the pass with the guard lifted.
 - **Filter fallback.** A source that rejects the delta filter (400) is listed in full at once; one
-  that ignores it (returns records older than the filter) is marked ``delta_supported = False``
-  and gets full listings from then on. Both are logged as warnings.
+  that ignores it (its listing says ``filter_ignored``: it returned records the filter excludes,
+  ``filters.filter_ignored``) is marked ``delta_supported = False`` and gets full listings from
+  then on. Both are logged as warnings.
 - **Demographics** answered with 403 (scope not granted) are skipped with a warning.
 """
 
@@ -46,14 +47,13 @@ from producer.config import SyncConfig
 from producer.errors import FilterUnsupported, Forbidden, ListingIncomplete
 from producer.events import Batch, Encoder, SourceInfo
 from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode
-from producer.normalise import dump_raw, normalise, parse_timestamp
+from producer.normalise import dump_raw, normalise
 from producer.protocols import Clock, Sink, Source, StateReader, SyncObserver
 from producer.state import StateWrite, StoredDigest
+from producer.timestamps import parse_timestamp
 
 log = structlog.get_logger(__name__)
 
-#: A record older than the delta filter by more than this means the filter was ignored.
-_FILTER_TOLERANCE = timedelta(seconds=1)
 #: A record may be dated this far past the local clock before it stops moving the cursor.
 _FUTURE_ALLOWANCE = timedelta(minutes=10)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -104,7 +104,6 @@ class _Pass:
     pending: int = 0
     #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
     seen: dict[str, bytes] = field(default_factory=dict)
-    filter_ignored: bool = False
     #: The checkpoint as last committed in this pass (or before it): progress counters advance
     #: with every batch, the cursor only with the last.
     cp: Checkpoint | None = None
@@ -115,8 +114,6 @@ class _Pass:
     counted: tuple[int, int, int, int] = (0, 0, 0, 0)
     #: Records dated after this do not move the cursor (see ``_run``).
     ceiling: datetime = field(default_factory=lambda: _LATEST)
-    #: A delta record older than this means the server ignored the filter.
-    ignored_before: datetime | None = None
     future_warned: bool = False
 
 
@@ -226,9 +223,6 @@ class DistrictSync:
             ceiling=ceiling,
             cp=cp,
             keys=self._store.count(entity, self.district_id),
-            ignored_before=None
-            if since is None
-            else max(since, _EARLIEST + _FILTER_TOLERANCE) - _FILTER_TOLERANCE,
         )
         listing = self._source.listing(entity, since=since)
         async for page in listing:
@@ -240,7 +234,7 @@ class DistrictSync:
             )
         if mode == "FULL":
             await self._absent(entity, state, cp, confirm_deletes)
-        if state.filter_ignored:
+        if mode == "DELTA" and listing.filter_ignored:
             log.warning("sync.delta_filter_ignored", since=str(since), fallback="FULL from now on")
             cp = cp.replace(delta_supported=False)
         await self._finish(entity, state, cp, mode)
@@ -288,7 +282,7 @@ class DistrictSync:
         self._store.remember_raw_digests(entity, self.district_id, touched)
 
     def _observe_date(self, state: _Pass, sid: str, moment: datetime, mode: SyncMode) -> None:
-        """Move the cursor (unless the date is in the future) and notice an ignored filter."""
+        """Move the cursor (unless the date is in the future)."""
         if moment > state.ceiling:
             if not state.future_warned:
                 state.future_warned = True
@@ -300,8 +294,6 @@ class DistrictSync:
                 )
         elif state.cursor is None or moment > state.cursor:
             state.cursor = moment
-        if mode == "DELTA" and state.ignored_before is not None and moment < state.ignored_before:
-            state.filter_ignored = True
 
     def _record(
         self,

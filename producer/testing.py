@@ -23,10 +23,11 @@ from typing import Any, Literal
 
 from producer.errors import BrokerUnavailable, FilterUnsupported, Forbidden
 from producer.events import Batch, OutRecord
+from producer.filters import filter_ignored
 from producer.model import Entity, RawPage, Version
-from producer.normalise import parse_timestamp
 from producer.state import StateStore
 from producer.sync import EntityResult
+from producer.timestamps import parse_timestamp
 
 FilterBehaviour = Literal["honour", "reject", "ignore"]
 
@@ -78,8 +79,11 @@ class MemoryListing:
     error: Exception | None = None
     #: Stop after this many pages, leaving the listing incomplete.
     cut_after: int | None = None
+    #: The delta filter's cursor, when one was sent.
+    since: datetime | None = None
     complete: bool = False
     incomplete_reason: str | None = None
+    filter_ignored: bool = False
 
     async def _pages(self) -> AsyncIterator[RawPage]:
         if self.error is not None:
@@ -89,6 +93,8 @@ class MemoryListing:
                 self.incomplete_reason = f"cut after {self.cut_after} pages"
                 return
             chunk = self.records[start : start + self.page_size]
+            if self.since is not None and filter_ignored(chunk, self.since, inclusive=False):
+                self.filter_ignored = True
             yield RawPage(self.entity, start, chunk, len(self.records))
         self.complete = True
 
@@ -129,7 +135,12 @@ class MemorySource:
         elif since is not None and self.delta_filter == "honour":
             records = [r for r in records if _newer(r, since)]
         return MemoryListing(
-            entity, records, self.page_size, error=error, cut_after=self.cut_after.get(entity)
+            entity,
+            records,
+            self.page_size,
+            error=error,
+            cut_after=self.cut_after.get(entity),
+            since=since,
         )
 
     async def fetch_one(self, entity: Entity, sourced_id: str) -> dict[str, Any] | None:

@@ -25,8 +25,8 @@ from aiohttp import web
 from producer.avro import Schemas
 from producer.config import Config, config_from_mapping
 from producer.errors import EncodingError
-from producer.normalise import parse_timestamp
 from producer.service import Service
+from producer.timestamps import parse_timestamp
 from tests.checker import Decoder, read_all, rebuild
 
 pytestmark = pytest.mark.integration

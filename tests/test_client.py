@@ -26,13 +26,13 @@ from producer.auth import BearerToken, OAuth1Signer, OAuth2ClientCredentials
 from producer.client import BASE_PATHS, OneRosterClient
 from producer.discovery import DirectOAuth1, discover
 from producer.envelope import describe_body, records_of
-from producer.filters import TimestampFormat
 from producer.model import Secret
 from producer.protocols import ClientEvent, ListingDone, PageFetched, RequestRetried
 from producer.retry import RetryPolicy
 from producer.simulator import DistrictSpec, Faults, Simulator
 from producer.simulator.auth import SCOPE_CORE
 from producer.simulator.faults import RANDOM_KINDS
+from producer.timestamps import TimestampFormat
 
 FAST = RetryPolicy(attempts=4, base_delay=0.001, max_delay=0.005, max_retry_after=0.05)
 TOKEN = "tok-123-very-secret"
