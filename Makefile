@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: check install lint types test kafka kafka-stop demo bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
@@ -17,8 +17,8 @@ install: $(STAMP)
 check: lint types test
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(wildcard producer tests bench)
-	$(BIN)/ruff format --check $(wildcard producer tests bench)
+	$(BIN)/ruff check $(wildcard producer tests bench setup.py)
+	$(BIN)/ruff format --check $(wildcard producer tests bench setup.py)
 
 types: $(STAMP)
 	$(BIN)/mypy --strict producer

@@ -22,8 +22,8 @@ import yarl
 from oauthlib import oauth1
 
 from producer import errors
-from producer.envelope import describe_body
 from producer.model import Secret
+from producer.responses import describe_body
 
 log = structlog.get_logger(__name__)
 

@@ -29,7 +29,6 @@ from multidict import CIMultiDictProxy
 from producer import errors
 from producer.auth import Authenticator
 from producer.config import DistrictConfig, default
-from producer.envelope import ServerStatus, describe_body, error_for, records_of
 from producer.protocols import (
     ClientObserver,
     PageFetched,
@@ -37,6 +36,7 @@ from producer.protocols import (
     RequestRetried,
     ignore_events,
 )
+from producer.responses import ServerStatus, describe_body, error_for, records_of
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """The orchestrator: wires config into sources, the state store, the writer and the sync engine.
 
-``Service`` is the one place that builds components (STYLE.md: one factory wires them); its
+``Service`` is the one place that builds components (one factory wires them); its
 resources are entered in one ``AsyncExitStack`` so teardown runs in reverse:
 
 1. Topics: create the missing ones, refuse a state topic that is not compacted.

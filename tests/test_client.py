@@ -25,9 +25,9 @@ from producer import errors
 from producer.auth import BearerToken, OAuth1Signer, OAuth2ClientCredentials
 from producer.client import BASE_PATHS, OneRosterClient
 from producer.discovery import DirectOAuth1, discover
-from producer.envelope import describe_body, records_of
 from producer.model import Secret
 from producer.protocols import ClientEvent, ListingDone, PageFetched, RequestRetried
+from producer.responses import describe_body, records_of
 from producer.retry import RetryPolicy
 from producer.simulator import DistrictSpec, Faults, Simulator
 from producer.simulator.auth import SCOPE_CORE
