@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -34,21 +35,13 @@ def discovered_config(found: DiscoveredDistrict) -> DistrictConfig:
     credentials; everything else at the config's defaults. Not validated: ClassLink's values
     are used as they are (its authentication is built from ``found.auth``)."""
     auth = found.auth
-    if isinstance(auth, ProxyBearer):
-        return DistrictConfig.model_construct(
-            id=found.id,
-            base_url=found.base_url,
-            version=found.version,
-            auth="bearer",
-            bearer=auth.token,
-        )
+    credentials: dict[str, Any] = (
+        {"auth": "bearer", "bearer": auth.token}
+        if isinstance(auth, ProxyBearer)
+        else {"auth": "oauth1", "client_id": auth.client_id, "client_secret": auth.client_secret}
+    )
     return DistrictConfig.model_construct(
-        id=found.id,
-        base_url=found.base_url,
-        version=found.version,
-        auth="oauth1",
-        client_id=auth.client_id,
-        client_secret=auth.client_secret,
+        id=found.id, base_url=found.base_url, version=found.version, **credentials
     )
 
 
