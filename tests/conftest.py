@@ -57,6 +57,21 @@ def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
     return corr == 11 and nbrokers >= 1
 
 
+#: The timeout of tests marked integration or slow, or using the broker (unit tests get the
+#: pyproject default); a test's own ``@pytest.mark.timeout`` wins.
+LONG_TIMEOUT = 300
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give long tests their longer timeout."""
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        long = item.get_closest_marker("integration") or item.get_closest_marker("slow")
+        if long or "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT))
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP", f"(own broker on 127.0.0.1:{OWN_BROKER_PORT})")
     return [f"kafka: Apache Kafka {kafka_version()} (scripts/kafka), bootstrap {bootstrap}"]

@@ -312,20 +312,47 @@ def test_command_of_skips_global_options() -> None:
     assert command_of(["--help"]) is None
 
 
-def test_sigterm_while_the_daemon_is_still_loading_exits_0(tmp_path: Path) -> None:
-    """A SIGTERM soon after start (while the program loads, or while the daemon waits for an
-    unreachable broker) ends `run` with exit 0, never "killed by signal"."""
+#: Run in a child: SIGTERM to itself exactly while ``producer.cli`` is being imported (the program
+#: is loading, only launch.py's early handler is installed), then run the entry point.
+_SIGTERM_WHILE_LOADING = """
+import importlib.abc, os, signal, sys
+
+class SignalOnLoad(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "producer.cli":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+sys.meta_path.insert(0, SignalOnLoad())
+sys.argv = ["oneroster-cdc", *sys.argv[1:]]
+from producer.launch import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("phase", ["loading", "waiting for the broker"])
+def test_sigterm_while_the_daemon_is_still_loading_exits_0(tmp_path: Path, phase: str) -> None:
+    """A SIGTERM while the program loads, or while the daemon waits for an unreachable broker
+    (after its first start_retry), ends `run` with exit 0, never "killed by signal"."""
     import subprocess  # noqa: PLC0415
 
     config = tmp_path / "c.toml"
     config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:1"\n[http]\nenabled = false\n')
+    args = ["--config", str(config), "--log-format", "json", "run"]
+    if phase == "loading":
+        command = [sys.executable, "-c", _SIGTERM_WHILE_LOADING, *args]
+    else:
+        command = [sys.executable, "-m", "producer", *args]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer", "--config", str(config), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True
     )
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
+    seen: list[str] = []
+    if phase != "loading":
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "daemon.start_retry" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    assert proc.returncode == 0, ("".join(seen) + err)[-2000:]

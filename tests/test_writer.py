@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -130,23 +131,48 @@ async def test_commit_writes_everything_then_advances_the_store(env, kafka_boots
     assert sum(store.offsets(names.state).values()) == 10
 
 
+class PausingWriter(TransactionalWriter):
+    """A writer whose first transaction stops after its records are sent and before its commit
+    (``sent`` is set then), until the task is cancelled: the phase a cancel must be tested in."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent = asyncio.Event()
+
+    async def _send_grouped(self, producer: Any, records: Any) -> Any:
+        sent = await super()._send_grouped(producer, records)
+        if not self.sent.is_set():
+            self.sent.set()
+            await asyncio.Event().wait()  # held open until cancelled
+        return sent
+
+
 async def test_cancelled_batch_leaves_nothing_visible_and_store_untouched(
-    env, kafka_bootstrap: str
+    env, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    """A batch whose task is cancelled before commit leaves no committed record and no store
-    change; the next batch commits normally."""
-    names, store, writer = env
-    batch = _batch(names, 2000)
-    task = asyncio.create_task(writer.commit(batch))
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert store.count("users", "d1") == 0
-    assert await read_topic(kafka_bootstrap, names.events("users")) == []
-    await writer.commit(_batch(names, 3, start=5000))
-    assert len(await read_topic(kafka_bootstrap, names.events("users"))) == 3
-    assert store.count("users", "d1") == 3
+    """A batch whose task is cancelled inside its open transaction (records sent, commit not
+    reached) leaves no committed record and no store change; the next batch commits
+    normally."""
+    names, store, _writer = env
+    writer = PausingWriter(
+        producer_config={"bootstrap_servers": kafka_bootstrap},
+        transactional_id=f"{unique_prefix}-shard-paused",
+        state_topic=names.state,
+        store=store,
+    )
+    try:
+        task = asyncio.create_task(writer.commit(_batch(names, 2000)))
+        await asyncio.wait_for(writer.sent.wait(), 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert store.count("users", "d1") == 0
+        assert await read_topic(kafka_bootstrap, names.events("users")) == []
+        await writer.commit(_batch(names, 3, start=5000))
+        assert len(await read_topic(kafka_bootstrap, names.events("users"))) == 3
+        assert store.count("users", "d1") == 3
+    finally:
+        await writer.close()
 
 
 async def test_restart_with_same_transactional_id_fences_the_old_writer(
