@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Kafka broker, unique topics, and the CI rule for integration tests.
+"""The tests' shared fixtures: the real Kafka broker, unique topics and prefixes, an HTTP session,
+simulators on loopback, the CI rule for integration tests and the timeouts of long tests.
 
 The broker is a real single-node Apache Kafka (``scripts/kafka``). ``KAFKA_BOOTSTRAP`` points
 the tests at a running one (``.ci/run`` and ``make check`` start it); without it the session
@@ -14,10 +15,15 @@ import struct
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from producer.simulator import DistrictSpec, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka"
@@ -132,6 +138,30 @@ async def topic_factory(
         if created:
             await admin.delete_topics(created)
         await admin.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session, closed afterwards."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+ServeSimulator = Callable[..., Awaitable[Simulator]]
+
+
+@pytest.fixture
+async def serve_simulator() -> AsyncIterator[ServeSimulator]:
+    """Starts simulators on loopback (``await serve_simulator(specs, **options)``) and stops
+    them afterwards."""
+    async with AsyncExitStack() as stack:
+
+        async def serve(specs: list[DistrictSpec], **options: Any) -> Simulator:
+            simulator = Simulator(specs, **options)
+            await stack.enter_async_context(simulator.serve())
+            return simulator
+
+        yield serve
 
 
 @pytest.fixture

@@ -49,12 +49,6 @@ async def token_server() -> AsyncIterator[FakeServer]:
         yield fake
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def oauth2(fake: FakeServer, session: aiohttp.ClientSession, **kw: Any) -> OAuth2ClientCredentials:
     options: dict[str, Any] = {
         "session": session,

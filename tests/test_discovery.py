@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -77,12 +76,6 @@ async def classlink() -> AsyncIterator[ClassLink]:
     async with TestServer(app, host="127.0.0.1", port=0) as server:
         fake.server = server
         yield fake
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_proxy_discovery_pages_until_a_short_page(classlink, session):

@@ -29,14 +29,8 @@ from producer.errors import CdcError
 from producer.service import Service
 from producer.simulator import DistrictSpec, Faults, Simulator
 from tests.checker import read_all, read_decoded, rebuild
-from tests.reliability_helpers import (
-    DaemonProcess,
-    config_document,
-    eventually,
-    http_get,
-    run_cli,
-    write_config,
-)
+from tests.harness import config_document, write_config
+from tests.reliability_helpers import DaemonProcess, eventually, http_get, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -37,8 +37,7 @@ from tests.checker import (
     state_mismatches,
     truth_snapshot,
 )
-from tests.harness import make_config
-from tests.reliability_helpers import free_port
+from tests.harness import free_port, make_config
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import os
 import secrets
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from producer.errors import CdcError, SinkError
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
 from tests.checker import ENTITIES, rebuild
-from tests.conftest import KAFKA_SCRIPT, broker_answers
+from tests.conftest import KAFKA_SCRIPT, ServeSimulator, broker_answers
 from tests.harness import make_config
 from tests.security_helpers import Pki, make_pki
 
@@ -93,11 +93,9 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
+async def sim(serve_simulator: ServeSimulator) -> Simulator:
     """One tiny 1.2 district on loopback."""
-    simulator = Simulator([DistrictSpec(id="sec", version="1.2", size="tiny", seed=8)])
-    async with simulator.serve():
-        yield simulator
+    return await serve_simulator([DistrictSpec(id="sec", version="1.2", size="tiny", seed=8)])
 
 
 def sasl_config(
