@@ -24,6 +24,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from producer.simulator import DistrictSpec, Simulator
+from tests.oneroster_fake import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka"
@@ -145,6 +146,13 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client session, closed afterwards."""
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeServer]:
+    """The scriptable OneRoster server of the client tests (``tests/oneroster_fake.py``)."""
+    async with FakeServer() as fake:
+        yield fake
 
 
 ServeSimulator = Callable[..., Awaitable[Simulator]]
