@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 types: $(STAMP)
 	$(BIN)/mypy --strict producer
+	$(BIN)/mypy tests
 
 # Uses KAFKA_BOOTSTRAP when set; otherwise the test session starts its own broker (scripts/kafka).
 test: $(STAMP)

@@ -39,6 +39,7 @@ from producer.kafka.topics import TopicNames, TopicSettings, ensure_topics
 from producer.kafka.writer import TransactionalWriter
 from producer.metrics import Metrics, MetricsObserver
 from producer.model import Entity
+from producer.protocols import ClientEvent
 from producer.state import StateStore
 from producer.sync import DistrictSync, EntityResult
 
@@ -62,9 +63,13 @@ class Service:
         self._store: StateStore | None = None
         self._writer: TransactionalWriter | None = None
         self._probe: BrokerProbe | None = None
-        self.districts = DistrictRegistry(config, observer=self.observer.client_event)
+        self.districts = DistrictRegistry(config, observer=self._client_event)
         self._syncs: dict[str, DistrictSync] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def _client_event(self, event: ClientEvent) -> None:
+        """Forwards the source clients' events to whichever observer the service has now."""
+        self.observer.client_event(event)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -57,7 +57,9 @@ class Decoder:
     def decode(self, data: bytes) -> dict[str, Any]:
         assert data[:2] == b"\xc3\x01", "not Avro single-object encoding"
         schema = self._schemas[data[2:10]]
-        return schemaless_reader(io.BytesIO(data[10:]), schema)  # type: ignore[no-any-return]
+        decoded = schemaless_reader(io.BytesIO(data[10:]), schema)
+        assert isinstance(decoded, dict)
+        return decoded
 
 
 @dataclass

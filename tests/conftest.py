@@ -61,7 +61,7 @@ def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
     except OSError:
         return False
     corr, _throttle, nbrokers = struct.unpack(">iii", resp[:12])
-    return corr == 11 and nbrokers >= 1
+    return bool(corr == 11 and nbrokers >= 1)
 
 
 #: The timeout of tests marked integration or slow, or using the broker (unit tests get the

@@ -18,7 +18,7 @@ from producer import errors
 from producer.auth import Authenticator, BearerToken, OAuth1Signer, OAuth2ClientCredentials
 from producer.filters import encode_query
 from producer.model import Secret
-from tests.test_client import CLIENT_ID, CLIENT_SECRET, FakeServer, oauth1_oracle
+from tests.oneroster_fake import CLIENT_ID, CLIENT_SECRET, FakeServer, oauth1_oracle
 
 GOLDEN_URL = yarl.URL(
     "https://sis.example.org/ims/oneroster/v1p1/users?"

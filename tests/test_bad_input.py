@@ -10,6 +10,7 @@ around it exactly once (``tests/checker.py``).
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -393,11 +394,11 @@ async def test_corpus_of_malformed_records_dead_letters_each_and_emits_every_val
     by_raw: dict[bytes, list[dict[str, Any]]] = {}
     for letter in letters:
         by_raw.setdefault(letter["raw"], []).append(letter)
-    for kind, (raw, reason, sid) in CORPUS.items():
+    for kind, (raw, reason, expected_sid) in CORPUS.items():
         found = by_raw.get(orjson.dumps(raw), [])
         assert len(found) == 1, kind
         assert found[0]["reason"].startswith(reason), (kind, found[0]["reason"])
-        assert found[0]["sourced_id"] == sid, kind
+        assert found[0]["sourced_id"] == expected_sid, kind
     dup = [d for d in letters if d["sourced_id"] == "dup-diff"]
     assert len(dup) == 1
     assert "appears twice in one listing with different content" in dup[0]["reason"]
@@ -464,7 +465,7 @@ def _deep_user() -> bytes:
 #: One bad record among valid ones, and the sourcedId its dead letter names (None when the
 #: record cannot be parsed at all).
 BAD_AMONG_VALID: dict[str, tuple[Callable[[], bytes], str | None]] = {
-    **{kind: (lambda raw=raw: raw, None) for kind, raw in POISON_PAGES.items()},
+    **{kind: (functools.partial(bytes, raw), None) for kind, raw in POISON_PAGES.items()},
     # An incompressible photo in its metadata, far past the bounds (a cut raw is fine).
     "2 MB record": (
         lambda: orjson.dumps(user("bad-2mb", metadata={"photo": secrets.token_urlsafe(1_500_000)})),

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 
 from producer import errors
 from producer.discovery import DirectOAuth1, ProxyBearer, bearer_reader, discover
@@ -43,7 +43,7 @@ class ClassLink:
         self.paths: list[str] = []
         self.failures: list[int] = []
         self.servers: dict[str, dict[str, Any]] = {}
-        self.server: TestServer | None = None
+        self.server: BaseTestServer | None = None
 
     async def _applications(self, request: web.Request) -> web.Response:
         self.paths.append(request.raw_path)

@@ -150,7 +150,7 @@ _values = st.one_of(
     st.datetimes(
         min_value=datetime(1000, 1, 2),  # noqa: DTZ001 -- hypothesis bounds are naive
         max_value=datetime(9999, 12, 30),  # noqa: DTZ001 -- hypothesis bounds are naive
-        timezones=st.none() | st.just(UTC) | st.timezones(),
+        timezones=st.none() | st.just(UTC) | st.timezones(),  # type: ignore[arg-type]
     ),
     st.integers(),
     st.none(),

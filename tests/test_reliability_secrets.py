@@ -16,9 +16,11 @@ texts (``str``, ``repr``, traceback) and config dumps.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import traceback
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -89,6 +91,11 @@ async def topic_texts(bootstrap: str, prefix: str) -> dict[str, str]:
     return out
 
 
+def _is_district(district: str, line: dict[str, Any]) -> bool:
+    """Whether a JSON log line is about ``district``."""
+    return bool(line.get("district") == district)
+
+
 @pytest.mark.timeout(240)
 async def test_sentinel_secrets_appear_nowhere(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
@@ -141,7 +148,7 @@ async def test_sentinel_secrets_appear_nowhere(
             url = await daemon.http_url()
             for district in ("sec12", "sec12b", "sec11", proxy_id):
                 await daemon.wait_log(
-                    "poll.finished", within=120, where=lambda x, d=district: x.get("district") == d
+                    "poll.finished", within=120, where=functools.partial(_is_district, district)
                 )
             await daemon.wait_log(
                 "poll.failed", within=60, where=lambda x: x.get("district") == "secbad"

@@ -127,7 +127,8 @@ async def test_reset_breaks_the_connection_mid_body(faulty, session):
     async def fetch() -> bytes:
         async with session.get(users_url(faulty), headers=headers) as resp:
             statuses.append(resp.status)
-            return await resp.read()
+            body: bytes = await resp.read()
+            return body
 
     with pytest.raises(aiohttp.ClientPayloadError):
         await fetch()

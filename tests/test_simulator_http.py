@@ -40,7 +40,8 @@ COLLECTIONS = (
 
 @cache
 def openapi() -> dict[str, Any]:
-    return json.loads(OPENAPI.read_text(encoding="utf-8"))
+    document: dict[str, Any] = json.loads(OPENAPI.read_text(encoding="utf-8"))
+    return document
 
 
 def validate(body: Any, path: str, status: str = "200") -> None:

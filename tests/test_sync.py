@@ -247,6 +247,7 @@ async def test_classlink_discovered_districts_sync_like_static_ones(
             }
         )
         async with Service(config) as service:
+            assert config.classlink is not None
             ids = await service.refresh_discovery(config.classlink)
             assert len(ids) == 1
             assert ids[0].startswith("classlink-")
