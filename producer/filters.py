@@ -24,8 +24,9 @@ from producer.timestamps import (
     parse_timestamp,
 )
 
-Op = Literal["=", "!=", ">", ">=", "<", "<=", "~"]
-OPS: Final[frozenset[str]] = frozenset(get_args(Op))
+#: A filter operator (not to be confused with ``model.Op``, a change's kind).
+Operator = Literal["=", "!=", ">", ">=", "<", "<=", "~"]
+OPS: Final[frozenset[str]] = frozenset(get_args(Operator))
 Joiner = Literal["AND", "OR"]
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")

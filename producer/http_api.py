@@ -27,11 +27,10 @@ from aiohttp import web
 from producer.config import parse_listen
 from producer.errors import ClientClosed
 from producer.metrics import CONTENT_TYPE, Metrics
+from producer.protocols import SecondsClock, Sleep
 
 log = structlog.get_logger(__name__)
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 #: A named readiness check: returns (or resolves to) whether the condition holds.
 CheckFunction = Callable[[], bool | Awaitable[bool]]
 
@@ -62,7 +61,7 @@ class HealthSource(ReadinessProbe, Protocol):
 class Heartbeat:
     """A cheap liveness record: ``run()`` beats every ``interval``; ``check()`` judges its age."""
 
-    def __init__(self, *, clock: Clock = time.monotonic, max_age: float = 30.0) -> None:
+    def __init__(self, *, clock: SecondsClock = time.monotonic, max_age: float = 30.0) -> None:
         self._clock = clock
         self.max_age = max_age
         self._last = clock()

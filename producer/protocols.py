@@ -18,7 +18,7 @@ Seams, with the real implementation and the in-memory one of ``producer.testing`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 #: The producer's wall clock: an aware UTC datetime.
 Clock = Callable[[], datetime]
+#: A clock in seconds (``time.monotonic`` for intervals, ``time.time`` for schedules).
+SecondsClock = Callable[[], float]
+#: ``asyncio.sleep``, or a test's fake of it.
+Sleep = Callable[[float], Awaitable[None]]
 
 
 # -- source-client events (emitted by ``producer.retry.Requester`` and ``producer.client``) ---
