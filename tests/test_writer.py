@@ -8,44 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from producer.config import KafkaConfig
 from producer.errors import Fenced, TopicMisconfigured
 from producer.events import Batch, OutRecord
-from producer.kafka.reader import topic_partitions
 from producer.kafka.restore import restore_from_kafka
 from producer.kafka.topics import TopicNames, TopicSettings, ensure_topics
 from producer.kafka.writer import TransactionalWriter
 from producer.state import StateStore, StateWrite
+from tests.checker import read_all
 
 pytestmark = pytest.mark.integration
-
-
-async def read_topic(
-    bootstrap: str, topic: str, isolation: str = "read_committed"
-) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    """Every record of ``topic`` up to its end offsets, as (key, value, headers)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level=isolation, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = await topic_partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
-        for _ in range(100):
-            if all([await consumer.position(tp) >= end[tp] for tp in tps]):
-                break
-            batch = await consumer.getmany(timeout_ms=300)
-            for msgs in batch.values():
-                out.extend((m.key, m.value, dict(m.headers)) for m in msgs)
-        return out
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture
@@ -120,13 +94,13 @@ async def test_commit_writes_everything_then_advances_the_store(env, kafka_boots
     headers, checkpoint) and only then is in the local store, with the offsets it reached."""
     names, store, writer = env
     await writer.commit(_batch(names, 10))
-    events = await read_topic(kafka_bootstrap, names.events("users"))
+    events = await read_all(kafka_bootstrap, names.events("users"))
     assert sorted(v or b"" for _, v, _ in events) == sorted(f"event{i}".encode() for i in range(10))
-    state = await read_topic(kafka_bootstrap, names.state)
+    state = await read_all(kafka_bootstrap, names.state)
     assert {k: h["digest"] for k, _, h in state} == {
         f"users/d1/u{i}".encode(): b"digest%d" % i for i in range(10)
     }
-    assert [v for _, v, _ in await read_topic(kafka_bootstrap, names.checkpoints)] == [b"cursor"]
+    assert [v for _, v, _ in await read_all(kafka_bootstrap, names.checkpoints)] == [b"cursor"]
     assert store.count("users", "d1") == 10
     assert sum(store.offsets(names.state).values()) == 10
 
@@ -167,9 +141,9 @@ async def test_cancelled_batch_leaves_nothing_visible_and_store_untouched(
         with pytest.raises(asyncio.CancelledError):
             await task
         assert store.count("users", "d1") == 0
-        assert await read_topic(kafka_bootstrap, names.events("users")) == []
+        assert await read_all(kafka_bootstrap, names.events("users")) == []
         await writer.commit(_batch(names, 3, start=5000))
-        assert len(await read_topic(kafka_bootstrap, names.events("users"))) == 3
+        assert len(await read_all(kafka_bootstrap, names.events("users"))) == 3
         assert store.count("users", "d1") == 3
     finally:
         await writer.close()
@@ -196,7 +170,7 @@ async def test_restart_with_same_transactional_id_fences_the_old_writer(
     finally:
         await newer.close()
         other_store.close()
-    events = await read_topic(kafka_bootstrap, names.events("users"))
+    events = await read_all(kafka_bootstrap, names.events("users"))
     assert sorted(v or b"" for _, v, _ in events) == [b"event100", b"event101"]
     assert store.count("users", "d1") == 0
 
