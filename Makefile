@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The AsyncAPI parser that validates docs/asyncapi.yaml (pinned in contract/asyncapi).
+NODE_STAMP := contract/asyncapi/node_modules/.installed
 
-.PHONY: check install lint types test kafka kafka-stop demo bench clean
+.PHONY: check install lint types test kafka kafka-stop demo bench docs clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +14,11 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP): contract/asyncapi/package.json contract/asyncapi/package-lock.json
+	cd contract/asyncapi && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+install: $(STAMP) $(NODE_STAMP)
 
 check: lint types test
 
@@ -25,7 +31,8 @@ types: $(STAMP)
 	$(BIN)/mypy tests
 
 # Uses KAFKA_BOOTSTRAP when set; otherwise the test session starts its own broker (scripts/kafka).
-test: $(STAMP)
+# tests/test_java_contract.py runs Maven (contract/java); a cold ~/.m2 costs about a minute.
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest
 
 kafka:
@@ -40,6 +47,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench --size S
 
+# Rewrites docs/asyncapi.yaml from producer/contract.py and schemas/.
+docs: $(STAMP)
+	$(BIN)/python -m producer.contract
+
 clean:
 	scripts/kafka stop || true
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache contract/asyncapi/node_modules contract/java/target

@@ -9,28 +9,32 @@ naming its schema (``headers()``).
 
 Schemas live in ``schemas/*.avsc`` (the repository's source of truth, shipped inside the package
 as ``producer/schemas/``; ``SCHEMA_DIR`` finds either): one named type per file
-(``<Name>.avsc``), full names in
-``org.oneroster.cdc``, referenced by full name across files. ``Schemas.load`` parses them once
+(``<Name>.avsc``), full names in ``oneroster.cdc`` (no field is named ``oneroster``, so the
+package root of generated JVM code is never shadowed), referenced by full name across files.
+``Schemas.load`` parses them once
 and builds, per type, a self-contained schema (each named type defined at its first use).
 ``schemas/history/<version>/`` holds released copies; their fingerprints decode too, resolved
-into the current schema.
+into the current schema of the same full name or of the one that lists it in its ``aliases``
+(0.1.0's ``org.oneroster.cdc.Class`` is ``oneroster.cdc.SchoolClass``).
 
 Public API::
 
     NAMESPACE, MAGIC, RECORD_NAMES, CHANGE_NAMES, DEAD_LETTER, CHECKPOINT, SCHEMA_DIR
+    read_release(directory) -> dict[str, SchemaInfo]  # a released copy, by full name
     Schemas.load(directory=SCHEMA_DIR, *, history=True) -> Schemas
     Schemas.get(name) -> SchemaInfo                 # by full name
     Schemas.encode_body(name, value) -> bytes       # strict Avro binary, no header
     Schemas.frame(name, body) -> bytes              # header + body
     Schemas.encode(name, value) -> bytes            # single-object bytes
     Schemas.decode(data) -> Decoded                 # by fingerprint
+    Schemas.current_body(data) -> bytes | None      # body, if written with a current schema
     Schemas.encode_change(entity, envelope, *, before_body=None, after_body=None) -> bytes
     Schemas.published() -> list[tuple[str, str]]    # (fingerprint hex, schema JSON)
     body_of(single_object) -> bytes                 # the body of single-object bytes
     headers(name, op=None) -> list[tuple[str, bytes]]
 
 Encoding is strict: a value that does not fit raises ``EncodingError`` naming the field path,
-e.g. ``org.oneroster.cdc.User.roles[0].role: expected string, got int``.
+e.g. ``oneroster.cdc.User.roles[0].role: expected string, got int``.
 
 Speed: the canonical record is encoded once (``encode_body``); that body is the state value (after
 ``frame``) and is spliced into the change envelope: an Avro record is the concatenation of its
@@ -54,7 +58,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from producer.errors import EncodingError
 from producer.model import Entity
 
-NAMESPACE: Final = "org.oneroster.cdc"
+NAMESPACE: Final = "oneroster.cdc"
 MAGIC: Final = b"\xc3\x01"
 
 
@@ -68,22 +72,25 @@ def schema_dir(package: Path) -> Path:
 
 SCHEMA_DIR: Final = schema_dir(Path(__file__).resolve().parent)
 
-_RECORD_SHORT: Final[dict[Entity, str]] = {
-    "orgs": "Org",
-    "academicSessions": "AcademicSession",
-    "courses": "Course",
-    "classes": "Class",
-    "users": "User",
-    "enrollments": "Enrollment",
-    "demographics": "Demographics",
+#: Short name of each entity's canonical record, and the stem of its change envelope's name
+#: (``<stem>Change``): the class record is ``SchoolClass`` (``Class`` clashes with
+#: ``java.lang.Class`` in generated JVM code) but its envelope stays ``ClassChange``.
+_RECORD_SHORT: Final[dict[Entity, tuple[str, str]]] = {
+    "orgs": ("Org", "Org"),
+    "academicSessions": ("AcademicSession", "AcademicSession"),
+    "courses": ("Course", "Course"),
+    "classes": ("SchoolClass", "Class"),
+    "users": ("User", "User"),
+    "enrollments": ("Enrollment", "Enrollment"),
+    "demographics": ("Demographics", "Demographics"),
 }
 #: Full name of each entity's canonical record (the state value).
 RECORD_NAMES: Final[Mapping[Entity, str]] = {
-    e: f"{NAMESPACE}.{n}" for e, n in _RECORD_SHORT.items()
+    e: f"{NAMESPACE}.{n}" for e, (n, _) in _RECORD_SHORT.items()
 }
 #: Full name of each entity's change envelope (the event value).
 CHANGE_NAMES: Final[Mapping[Entity, str]] = {
-    e: f"{NAMESPACE}.{n}Change" for e, n in _RECORD_SHORT.items()
+    e: f"{NAMESPACE}.{stem}Change" for e, (_, stem) in _RECORD_SHORT.items()
 }
 DEAD_LETTER: Final = f"{NAMESPACE}.DeadLetter"
 CHECKPOINT: Final = f"{NAMESPACE}.Checkpoint"
@@ -235,6 +242,11 @@ def _build(registry: Mapping[str, Any]) -> dict[str, SchemaInfo]:
     return out
 
 
+def read_release(directory: Path | str) -> dict[str, SchemaInfo]:
+    """Every schema of a released copy (``schemas/history/<version>/``), by its full name."""
+    return _build(_read_dir(Path(directory)))
+
+
 class Schemas:
     """All schemas, parsed once; encodes and decodes single-object values."""
 
@@ -263,13 +275,19 @@ class Schemas:
         ]
         if missing:
             raise EncodingError(f"schema directory {directory} lacks {', '.join(missing)}")
+        # A released type resolves into the current type of the same full name, or the one
+        # that lists its full name among its aliases (a renamed type or namespace).
+        current = {name: name for name in by_name}
+        for name, node in registry.items():
+            for alias in node.get("aliases", ()):
+                current.setdefault(alias, name)
         by_fp: dict[bytes, tuple[SchemaInfo, SchemaInfo]] = {}
         hist = directory / "history"
         if history and hist.is_dir():
             for release in sorted(p for p in hist.iterdir() if p.is_dir()):
-                for name, info in _build(_read_dir(release)).items():
-                    if name in by_name:
-                        by_fp[info.fingerprint] = (info, by_name[name])
+                for name, info in read_release(release).items():
+                    if name in current:
+                        by_fp[info.fingerprint] = (info, by_name[current[name]])
         for info in by_name.values():
             by_fp[info.fingerprint] = (info, info)
         splices = {name: cls._splice(registry, name) for name in CHANGE_NAMES.values()}
@@ -383,6 +401,14 @@ class Schemas:
         except Exception as exc:  # fastavro raises EOFError, ValueError, ... on corrupt input
             raise EncodingError(f"{writer.name}: cannot decode: {exc}") from exc
         return Decoded(reader.name, value)
+
+    def current_body(self, data: bytes) -> bytes | None:
+        """The body of single-object bytes written with a current schema; None for a released
+        schema's (its body may not splice into a current envelope: decode and re-encode it)."""
+        entry = self._by_fp.get(bytes(data[2:10])) if data[:2] == MAGIC else None
+        if entry is None or entry[0] is not entry[1]:
+            return None
+        return data[10:]
 
     @staticmethod
     def _write(parsed: dict[str, Any], name: str, value: Any) -> bytes:

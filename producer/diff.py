@@ -49,7 +49,15 @@ from typing import Any, Final
 
 import orjson
 
-from producer.model import CanonicalRecord, DeleteReason, Entity, Op, Status, record_key
+from producer.model import (
+    RENAMED_FIELDS,
+    CanonicalRecord,
+    DeleteReason,
+    Entity,
+    Op,
+    Status,
+    record_key,
+)
 
 #: What the state store knows of a key: its digest, and its canonical data when available.
 Prior = tuple[bytes, Mapping[str, Any] | None]
@@ -110,9 +118,14 @@ def raw_digest(raw: Any) -> bytes | None:
 
 
 def digest(data: Mapping[str, Any]) -> bytes:
-    """16-byte BLAKE2b of the canonical record without ``dateLastModified``."""
+    """16-byte BLAKE2b of the canonical record without ``dateLastModified``, its fields under
+    their OneRoster names (``RENAMED_FIELDS``: the digest of an enrollment is the one schema
+    0.1.0 gave it, when the field was still ``class``)."""
     rest = dict(data)
     rest.pop(_DLM, None)
+    for name, oneroster_name in RENAMED_FIELDS.items():
+        if name in rest:
+            rest[oneroster_name] = rest.pop(name)
     return hashlib.blake2b(
         orjson.dumps(rest, option=orjson.OPT_SORT_KEYS), digest_size=DIGEST_SIZE
     ).digest()

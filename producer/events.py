@@ -23,18 +23,19 @@ Public API::
 
 ``encode`` encodes the new canonical record once and uses those bytes both as the state value
 (single-object) and inside the event's ``after``; ``before_body`` (the prior state value's body,
-``avro.body_of(state_bytes)``) skips re-encoding the prior image.
+``Schemas.current_body(state_bytes)``) skips re-encoding the prior image.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from producer.avro import CHANGE_NAMES, CHECKPOINT, DEAD_LETTER, RECORD_NAMES, Schemas, body_of
+from producer.avro import CHANGE_NAMES, CHECKPOINT, DEAD_LETTER, RECORD_NAMES, Schemas
 from producer.avro import headers as schema_headers
 from producer.checkpoints import Checkpoint
 from producer.diff import Change
@@ -141,7 +142,7 @@ def encode(
     """Event bytes, event headers and state bytes of ``change``; the record is encoded once.
 
     ``before_body`` is used only when ``change.before`` is set; it must be the body of exactly
-    that prior record (``avro.body_of`` of its state value).
+    that prior record (``Schemas.current_body`` of its state value).
 
     Raises ``EncodingError`` when a value does not fit its schema.
     """
@@ -181,9 +182,10 @@ class Encoder:
         self.schemas = schemas
         self.topics = topics
 
-    def prior(self, value: bytes) -> tuple[Mapping[str, Any], bytes]:
-        """The canonical data and Avro body of a stored state value."""
-        return self.schemas.decode(value).value, body_of(value)
+    def prior(self, value: bytes) -> tuple[Mapping[str, Any], bytes | None]:
+        """The canonical data and Avro body of a stored state value; the body is None when an
+        older release wrote the value (it is then re-encoded, never spliced)."""
+        return self.schemas.decode(value).value, self.schemas.current_body(value)
 
     def add_change(
         self,
@@ -255,9 +257,17 @@ class Encoder:
         fields = {f.name for f in dataclasses.fields(Checkpoint)}
         return Checkpoint(**{k: v for k, v in data.items() if k in fields})
 
-    def schema_records(self) -> list[OutRecord]:
-        """The ``<prefix>.schemas`` records: every schema we write, keyed by fingerprint."""
-        return [
-            OutRecord(self.topics.schemas, fp.encode(), schema.encode())
-            for fp, schema in self.schemas.published()
-        ]
+    def schema_records(self, published: Mapping[bytes, bytes] | None = None) -> list[OutRecord]:
+        """The ``<prefix>.schemas`` records: every current and released schema, keyed by its
+        fingerprint (hex), headers ``content-type: application/json`` and ``schema: <full
+        name>``; without those ``published`` already holds with the same JSON."""
+        out = []
+        for fp, text in self.schemas.published():
+            key, value = fp.encode(), text.encode()
+            if published is not None and published.get(key) == value:
+                continue
+            node = json.loads(text)
+            name = f"{node['namespace']}.{node['name']}"  # every schema file names its namespace
+            headers = [("content-type", b"application/json"), ("schema", name.encode())]
+            out.append(OutRecord(self.topics.schemas, key, value, headers))
+        return out

@@ -26,6 +26,13 @@ SyncMode = Literal["DELTA", "FULL"]
 DeleteReason = Literal["tobedeleted", "absent_from_full_sync"]
 
 
+#: Canonical top-level fields whose OneRoster name is a Java/Kotlin keyword, by canonical name:
+#: the OneRoster name. Schema 0.1.0 used the OneRoster name (``class``); the schema keeps it as
+#: an alias, and digests hash a record under the OneRoster names, so the rename changes no
+#: digest (an upgrade emits no spurious UPDATED).
+RENAMED_FIELDS: Final[dict[str, str]] = {"schoolClass": "class"}
+
+
 def record_key(district_id: str, sourced_id: str) -> str:
     """The Kafka key of a record in every topic: ``<district_id>/<sourcedId>``."""
     return f"{district_id}/{sourced_id}"

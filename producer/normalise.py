@@ -25,6 +25,8 @@ of ``schemas/<Entity>.avsc`` in schema order and encodes with it as it is. Rules
 - String fields take JSON strings, or JSON integers written in decimal (some 1.1 servers send
   numeric identifiers); floats, booleans, objects and arrays are rejections. Date fields
   (``startDate``, ``birthDate``, ...) are kept as sent.
+- Canonical field names are OneRoster's, except where one is a Java/Kotlin keyword
+  (``RENAMED_FIELDS``): an enrollment's ``class`` is ``schoolClass``.
 - GUIDRefs keep ``sourcedId`` and ``type`` (filled from the field's expected type when absent);
   ``href`` is dropped. Unknown keys inside nested objects are dropped.
 - ``password`` (users and credentials) is never carried.
@@ -47,7 +49,7 @@ from typing import Any, Final
 
 import orjson
 
-from producer.model import CanonicalRecord, Entity, Rejection, Status
+from producer.model import RENAMED_FIELDS, CanonicalRecord, Entity, Rejection, Status
 from producer.timestamps import format_timestamp, parse_timestamp
 
 MAX_ID_CHARS: Final = 1024
@@ -301,7 +303,7 @@ _SPECS: Final[Mapping[Entity, Spec]] = {
     ),
     "enrollments": (
         ("user", _ref_of("user")),
-        ("class", _ref_of("class")),
+        ("schoolClass", _ref_of("class")),  # OneRoster `class` (RENAMED_FIELDS)
         ("school", _ORG_REF),
         ("role", _str),
         ("primary", _bool),
@@ -327,7 +329,9 @@ _SPECS: Final[Mapping[Entity, Spec]] = {
 _COMMON: Final = frozenset({"sourcedId", "status", "dateLastModified", "metadata"})
 #: Raw keys each entity consumes; anything else goes to ``extensions_json``.
 _KNOWN: Final[Mapping[Entity, frozenset[str]]] = {
-    e: _COMMON | {k for k, _ in spec} | ({"password"} if e == "users" else set())
+    e: _COMMON
+    | {RENAMED_FIELDS.get(k, k) for k, _ in spec}
+    | ({"password"} if e == "users" else set())
     for e, spec in _SPECS.items()
 }
 _NO_EXTRAS: Final[frozenset[str]] = frozenset()
@@ -383,7 +387,7 @@ def _normalise(entity: Entity, district_id: str, raw: Any) -> CanonicalRecord:
         "dateLastModified": format_timestamp(moment),
     }
     for key, conv in _SPECS[entity]:
-        data[key] = _field(raw, key, conv)
+        data[key] = _field(raw, RENAMED_FIELDS.get(key, key), conv)
     consumed = _NO_EXTRAS
     if entity == "users" and raw.get("roles") is None and not _LEGACY_USER_KEYS.isdisjoint(raw):
         data["roles"] = _legacy_roles(raw)
@@ -437,7 +441,7 @@ def denormalise(entity: Entity, data: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in data.items():
         if key in ("metadata_json", "extensions_json") or value is None or value == []:
             continue
-        out[key] = _bool_text(value) if isinstance(value, bool) else value
+        out[RENAMED_FIELDS.get(key, key)] = _bool_text(value) if isinstance(value, bool) else value
     if data.get("metadata_json"):
         out["metadata"] = orjson.loads(data["metadata_json"])
     if entity == "users":

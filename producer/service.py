@@ -7,7 +7,7 @@ resources are entered in one ``AsyncExitStack`` so teardown runs in reverse:
 2. Writer: start the transactional producer of this shard. Its start fences any older instance
    with the same ``transactional_id`` and aborts the transaction it left open, so what follows
    reads only committed data.
-3. Schemas: publish every schema once to ``<prefix>.schemas`` (keyed by fingerprint).
+3. Schemas: publish to ``<prefix>.schemas`` (keyed by fingerprint) the schemas it lacks.
 4. State: restore the local store from the state topic (warm: only the tail).
 5. Checkpoints: read every committed checkpoint.
 Then the service is ready; ``poll`` runs one district's pass (the scheduler's ``DistrictRunner``).
@@ -34,6 +34,7 @@ from producer.districts import DistrictRegistry
 from producer.events import Encoder
 from producer.kafka.options import connection_options, consumer_options, producer_options
 from producer.kafka.probe import BrokerProbe
+from producer.kafka.reader import read_compacted
 from producer.kafka.restore import load_checkpoints, restore_from_kafka
 from producer.kafka.topics import TopicNames, TopicSettings, ensure_topics
 from producer.kafka.writer import TransactionalWriter
@@ -121,7 +122,13 @@ class Service:
         await self._writer.start()
         self._stack.push_async_callback(self._writer.close)
         # 3.
-        await self._writer.publish(self.encoder.schema_records())
+        published = await read_compacted(
+            consumer_cfg, self.topics.schemas, action=f"reading {self.topics.schemas} failed"
+        )
+        unpublished = self.encoder.schema_records(published)
+        if unpublished:
+            await self._writer.publish(unpublished)
+        log.info("schemas_published", count=len(unpublished))
         # 4.
         stats = await restore_from_kafka(
             self._store, topic=self.topics.state, consumer_config=consumer_cfg

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from typing import Any
 
 import pytest
+from fastavro import schemaless_writer
 
 from producer.avro import (
     CHANGE_NAMES,
@@ -18,6 +20,7 @@ from producer.avro import (
     Schemas,
     body_of,
     headers,
+    read_release,
 )
 from producer.errors import EncodingError
 
@@ -137,7 +140,7 @@ def test_bad_enum_symbol_is_refused():
 def test_unknown_schema_name_and_fingerprint_are_errors():
     """Unknown names, missing headers and unknown fingerprints raise EncodingError."""
     with pytest.raises(EncodingError, match="unknown schema"):
-        SCHEMAS.get("org.oneroster.cdc.Nope")
+        SCHEMAS.get("oneroster.cdc.Nope")
     with pytest.raises(EncodingError, match="C3 01"):
         SCHEMAS.decode(b"\x00\x00\x00\x00\x01")
     with pytest.raises(EncodingError, match="unknown schema fingerprint"):
@@ -237,3 +240,41 @@ def test_load_refuses_an_empty_directory(tmp_path):
     """Loading a directory without schemas is an EncodingError, not a silent empty registry."""
     with pytest.raises(EncodingError, match=r"no \.avsc"):
         Schemas.load(tmp_path)
+
+
+def test_a_0_1_0_value_decodes_into_0_2_0_names_and_is_not_spliced():
+    """A state value written with schema 0.1.0 (``org.oneroster.cdc.Enrollment`` with ``class``)
+    decodes into the current ``Enrollment`` with ``schoolClass``; ``current_body`` refuses it
+    (its body is re-encoded, never spliced into a current envelope), but accepts current data."""
+    old = read_release(SCHEMA_DIR / "history" / "0.1.0")["org.oneroster.cdc.Enrollment"]
+    value = {
+        "sourcedId": "e-1",
+        "status": "active",
+        "dateLastModified": "2024-01-01T00:00:00.000Z",
+        "class": {"sourcedId": "c-1", "type": "class"},
+    }
+    buf = io.BytesIO()
+    schemaless_writer(buf, old.parsed, value, strict_allow_default=True)
+    data = MAGIC + old.fingerprint + buf.getvalue()
+    decoded = SCHEMAS.decode(data)
+    assert decoded.name == RECORD_NAMES["enrollments"] == "oneroster.cdc.Enrollment"
+    assert decoded.value["schoolClass"] == {"sourcedId": "c-1", "type": "class"}
+    assert "class" not in decoded.value
+    assert SCHEMAS.current_body(data) is None
+    current = SCHEMAS.encode(RECORD_NAMES["enrollments"], decoded.value)
+    assert SCHEMAS.current_body(current) == current[10:]
+
+
+def test_a_0_1_0_class_decodes_as_school_class():
+    """0.1.0's ``org.oneroster.cdc.Class`` resolves into ``oneroster.cdc.SchoolClass`` (alias)."""
+    old = read_release(SCHEMA_DIR / "history" / "0.1.0")["org.oneroster.cdc.Class"]
+    value = {
+        "sourcedId": "c-1",
+        "status": "tobedeleted",
+        "dateLastModified": "2024-01-01T00:00:00.000Z",
+    }
+    buf = io.BytesIO()
+    schemaless_writer(buf, old.parsed, value, strict_allow_default=True)
+    decoded = SCHEMAS.decode(MAGIC + old.fingerprint + buf.getvalue())
+    assert decoded.name == RECORD_NAMES["classes"] == "oneroster.cdc.SchoolClass"
+    assert decoded.value["status"] == "tobedeleted"

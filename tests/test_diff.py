@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -224,3 +226,28 @@ def test_fast_uuid5_equals_the_standard_library(name: str) -> None:
     from producer.diff import _EVENT_NS, _uuid5  # noqa: PLC0415
 
     assert _uuid5(name) == str(uuid.uuid5(_EVENT_NS, name))
+
+
+def test_an_enrollment_keeps_the_digest_schema_0_1_0_gave_it():
+    """Digests hash ``schoolClass`` under its OneRoster name ``class`` (its 0.1.0 name), so the
+    rename emits no UPDATED for enrollments that did not change after an upgrade."""
+    rec = normalise(
+        "enrollments",
+        "d",
+        {
+            "sourcedId": "e-1",
+            "status": "active",
+            "dateLastModified": "2024-03-01T10:00:00Z",
+            "user": {"sourcedId": "u-1"},
+            "class": {"sourcedId": "c-1"},
+            "role": "student",
+        },
+    )
+    assert isinstance(rec, CanonicalRecord)
+    assert rec.data["schoolClass"] == {"sourcedId": "c-1", "type": "class"}
+    as_in_0_1_0 = {("class" if k == "schoolClass" else k): v for k, v in rec.data.items()}
+    del as_in_0_1_0["dateLastModified"]
+    expected = hashlib.blake2b(
+        orjson.dumps(as_in_0_1_0, option=orjson.OPT_SORT_KEYS), digest_size=16
+    ).digest()
+    assert digest(rec.data) == expected

@@ -139,7 +139,7 @@ def test_class_and_enrollment_samples():
     assert cls.data["periods"] == []
     enr = _ok("enrollments", SAMPLE_ENROLLMENT)
     assert enr.data["primary"] is False
-    assert enr.data["class"]["sourcedId"] == "class-1"
+    assert enr.data["schoolClass"]["sourcedId"] == "class-1"
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,20 @@
 
 Key ``<entity>/<district_id>/<sourcedId>`` (entity and district ids never contain ``/``;
 sourcedIds may). An upsert's value is the encoded canonical record (single-object Avro) with
-the headers ``entity``, ``digest`` and, when known, ``raw-digest``, so a restore writes store
+the headers ``content-type`` and ``schema`` (as on every Avro value), ``entity``, ``digest``
+and, when known, ``raw-digest``, so a restore writes store
 rows without decoding Avro; a delete is a tombstone with the ``entity`` header.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
+from producer.avro import RECORD_NAMES
+from producer.avro import headers as schema_headers
 from producer.events import OutRecord
 from producer.kafka.reader import Headers, header
+from producer.model import Entity
 from producer.state import StateWrite
 
 
@@ -30,7 +36,11 @@ def state_record(topic: str, write: StateWrite) -> OutRecord:
     if write.value is None:
         return OutRecord(topic, key, None, [("entity", write.entity.encode())])
     assert write.digest is not None
-    headers = [("entity", write.entity.encode()), ("digest", write.digest)]
+    headers = [
+        *schema_headers(RECORD_NAMES[cast("Entity", write.entity)]),
+        ("entity", write.entity.encode()),
+        ("digest", write.digest),
+    ]
     if write.raw_digest is not None:
         headers.append(("raw-digest", write.raw_digest))
     return OutRecord(topic, key, write.value, headers)
