@@ -28,7 +28,6 @@ import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Protocol, Self
 
 import structlog
@@ -188,12 +187,7 @@ class Scheduler:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if not self._stopping:
             await self.stop()
 
