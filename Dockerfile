@@ -14,10 +14,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     ONEROSTER_CDC_CONFIG=/app/config/oneroster-cdc.toml
 
+# The daemon runs as the unprivileged user cdc, which owns the state volume. The state holds
+# student records: the volume is 0700 (a new named volume copies this owner and mode) and the
+# daemon keeps its files 0600 whatever the umask.
 RUN groupadd --system --gid 10001 cdc \
  && useradd --system --uid 10001 --gid cdc --home-dir /app --shell /usr/sbin/nologin cdc \
- && mkdir -p /var/lib/oneroster-cdc \
- && chown cdc:cdc /var/lib/oneroster-cdc
+ && mkdir -p /var/lib/oneroster-cdc/state \
+ && chown -R cdc:cdc /var/lib/oneroster-cdc \
+ && chmod -R 0700 /var/lib/oneroster-cdc
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

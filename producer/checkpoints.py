@@ -82,3 +82,8 @@ class CheckpointBook:
 
     def all(self) -> list[Checkpoint]:
         return sorted(self._items.values(), key=lambda c: (c.district_id, c.entity))
+
+    def drop(self, district_id: str) -> None:
+        """Forget every checkpoint of a district (after their tombstones committed)."""
+        for key in [k for k in self._items if k[0] == district_id]:
+            del self._items[key]

@@ -78,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     confirm = sub.add_parser("confirm-deletes", help="apply deletes held by the mass-delete guard")
     confirm.add_argument("--district", required=True, metavar="ID")
     confirm.add_argument("--entity", required=True, choices=ENTITIES)
+
+    forget = sub.add_parser(
+        "forget",
+        help="erase a district: DELETED events and tombstones for every record, checkpoints "
+        "removed (fences a running daemon, like confirm-deletes)",
+    )
+    forget.add_argument("--district", required=True, metavar="ID")
+    forget.add_argument(
+        "--force",
+        action="store_true",
+        help="even if the config still lists the district (its next poll snapshots it again)",
+    )
     return parser
 
 
@@ -165,8 +177,20 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{path}: ok: {len(config.districts)} district(s), "
         f"broker {','.join(config.kafka.bootstrap_servers)}, prefix {config.kafka.topic_prefix!r}"
         + (", ClassLink discovery on" if config.classlink else "")
+        + (
+            f", privacy: {_privacy_summary(config)}"
+            if config.privacy.omit or config.privacy.hash
+            else ""
+        )
     )
     return 0
+
+
+def _privacy_summary(config: Config) -> str:
+    from producer.privacy import PrivacyRules  # noqa: PLC0415
+
+    privacy = config.privacy
+    return PrivacyRules.parse(privacy.omit, privacy.hash, privacy.hash_key).describe()
 
 
 async def _sync(config: Config, args: argparse.Namespace) -> int:
@@ -268,10 +292,46 @@ async def _confirm(config: Config, district_id: str, entity: Entity) -> int:
     return 0
 
 
+async def _forget_command(config: Config, args: argparse.Namespace) -> int:
+    return await _forget(config, args.district, force=args.force)
+
+
+async def _forget(config: Config, district_id: str, *, force: bool) -> int:
+    from producer.forget import forget_district  # noqa: PLC0415
+    from producer.service import Service  # noqa: PLC0415
+
+    listed = [i for i, d in enumerate(config.districts) if d.id == district_id]
+    if listed and not force:
+        raise ConfigError(
+            f"districts[{listed[0]}]",
+            f"district {district_id!r} is still listed: the next poll (a running daemon's, or "
+            "after its restart) would snapshot it again; remove its [[districts]] table first, "
+            "or pass --force to forget it anyway",
+        )
+    async with Service(config) as service:
+        result = await forget_district(service, district_id, batch_size=config.sync.batch_size)
+    if not result.total and not result.checkpoints:
+        print(f"{district_id}: nothing of this district in the state")
+        return 0
+    counts = ", ".join(f"{n} {e}" for e, n in result.deleted.items() if n)
+    print(
+        f"{district_id}: {result.total} record(s) deleted ({counts or 'none'}) and "
+        f"{result.checkpoints} checkpoint(s) removed; compaction drops them from the state topic"
+    )
+    if config.classlink is not None and district_id.startswith("classlink-"):
+        print(
+            f"{district_id}: a ClassLink district: unless its application is gone from "
+            "ClassLink, the next discovery adds it again and it is snapshotted anew",
+            file=sys.stderr,
+        )
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "run": _run,
     "sync": _sync,
     "status": _status_command,
     "tail": _tail,
     "confirm-deletes": _confirm_command,
+    "forget": _forget_command,
 }

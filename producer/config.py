@@ -8,7 +8,8 @@ overrides, resolves secrets and validates everything; components then receive th
 Values
     Durations are strings of number+unit pairs: ``"90s"``, ``"5m"``, ``"24h"``, ``"1d"``,
     ``"1h30m"``, ``"250ms"``; a bare number means seconds. They load as float seconds.
-    Secrets (``client_secret``, ``bearer``, ``sasl_password``, ``api_key``) are given directly,
+    Secrets (``client_secret``, ``bearer``, ``sasl_password``, ``api_key``, ``hash_key``) are
+    given directly,
     as ``"env:NAME"`` (read from the environment) or ``"file:PATH"`` (read from a file, trailing
     newline stripped, a relative path is relative to the config file). They load as
     ``producer.model.Secret``, whose ``repr`` never shows the value.
@@ -286,6 +287,9 @@ class StateConfig(_Section):
     """``[state]``: the local store, rebuilt from the state topic when missing."""
 
     dir: FilePath = Path("./state")
+    #: An existing state directory or file that group or others can read: ``"tighten"`` it to
+    #: 0700/0600 (with a warning) or ``"refuse"`` to start, saying how to fix it.
+    permissions: Literal["tighten", "refuse"] = "tighten"
 
 
 class HttpConfig(_Section):
@@ -388,6 +392,38 @@ class ClassLinkConfig(_Section):
     refresh_interval: Duration = Field(default=3600.0, gt=0)
 
 
+class PrivacyConfig(_Section):
+    """``[privacy]``: fields kept out of the stream (``omit``) or replaced by their keyed
+    HMAC-SHA256 (``hash``), as ``<entity>.<field>`` (``producer.privacy``)."""
+
+    omit: StrList = ()
+    hash: StrList = ()
+    #: The HMAC key of ``hash`` (a secret: ``env:NAME`` or ``file:PATH``); required with ``hash``.
+    hash_key: SecretValue | None = None
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> Self:
+        from producer.privacy import MIN_KEY_CHARS, check_rules, expand_entry  # noqa: PLC0415
+
+        for key in ("omit", "hash"):
+            for index, text in enumerate(getattr(self, key)):
+                try:
+                    expand_entry(text, hashing=key == "hash")
+                except ValueError as exc:
+                    raise _FieldProblem(f"{key}[{index}]", str(exc)) from None
+        try:
+            check_rules(self.omit, self.hash)
+        except ValueError as exc:
+            raise _FieldProblem("hash", str(exc)) from None
+        if self.hash and self.hash_key is None:
+            raise _FieldProblem("hash_key", 'is required with hash; e.g. "env:CDC_HASH_KEY"')
+        if self.hash_key is not None and len(self.hash_key.reveal()) < MIN_KEY_CHARS:
+            raise _FieldProblem(
+                "hash_key", f"is shorter than {MIN_KEY_CHARS} characters; use a long random key"
+            )
+        return self
+
+
 class Config(_Section):
     """The whole configuration; each component receives only its section."""
 
@@ -397,6 +433,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     districts: tuple[DistrictConfig, ...] = ()
     classlink: ClassLinkConfig | None = None
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _check_unique_ids(self) -> Self:
@@ -430,7 +467,7 @@ class Config(_Section):
         yield from walk(self)
 
 
-_SECRET_KEYS: Final = frozenset({"client_secret", "bearer", "sasl_password", "api_key"})
+_SECRET_KEYS: Final = frozenset({"client_secret", "bearer", "sasl_password", "api_key", "hash_key"})
 
 
 # --------------------------------------------------------------------------- loading

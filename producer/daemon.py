@@ -28,7 +28,7 @@ from contextlib import AsyncExitStack
 import structlog
 
 from producer.config import Config
-from producer.errors import CdcError, Fenced
+from producer.errors import CdcError, Fenced, NotAuthorized
 from producer.http_api import ChecksProbe, Health, Heartbeat, HttpServer
 from producer.metrics import Metrics
 from producer.scheduler import Scheduler
@@ -38,7 +38,8 @@ log = structlog.get_logger(__name__)
 
 
 class _Runner:
-    """The scheduler's ``DistrictRunner``: polls through the service; a fence stops the daemon."""
+    """The scheduler's ``DistrictRunner``: polls through the service; a fence, or a missing ACL
+    (``NotAuthorized``: retrying cannot help), stops the daemon with exit code 1."""
 
     def __init__(self, service: Service, on_fenced: Callable[[], None]) -> None:
         self._service = service
@@ -49,6 +50,10 @@ class _Runner:
             await self._service.poll(district_id, full=full)
         except Fenced:
             log.error("daemon.fenced", district=district_id)
+            self._on_fenced()
+            raise
+        except NotAuthorized as exc:
+            log.error("daemon.not_authorized", district=district_id, error=str(exc))
             self._on_fenced()
             raise
 

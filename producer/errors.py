@@ -20,6 +20,7 @@ happened and what to do, and never contain a secret.
     ├── SinkError                     talking to Kafka
     │   ├── BrokerUnavailable         broker down or timing out                 (retriable)
     │   ├── BrokerAuthFailed          the broker refused our SASL credentials
+    │   ├── NotAuthorized             the broker's authorizer denied an operation (missing ACL)
     │   ├── Fenced                    a newer instance took over our transactional_id
     │   └── TopicMisconfigured        e.g. the state topic exists but is not compacted
     ├── EncodingError                 a value does not fit its Avro schema
@@ -118,6 +119,23 @@ class BrokerUnavailable(SinkError):
 
 class BrokerAuthFailed(SinkError):
     """The broker refused the SASL credentials: fix ``kafka.sasl_*``; retrying cannot help."""
+
+
+class NotAuthorized(SinkError):
+    """The broker's authorizer denied ``operation`` on ``resource``: grant the ACL; retrying
+    cannot help (the README's "Data protection" section lists every ACL the producer needs)."""
+
+    def __init__(self, operation: str, resource: str, *, principal: str | None = None) -> None:
+        who = f"User:{principal}" if principal else "this client's principal"
+        super().__init__(
+            f"Kafka denied {operation} on {resource} to {who}: grant that ACL "
+            f"(kafka-acls --add --allow-principal {who.replace(' ', '-')} --operation "
+            f'{operation} ...; README "Data protection" lists every ACL oneroster-cdc needs); '
+            "retrying cannot help"
+        )
+        self.operation = operation
+        self.resource = resource
+        self.principal = principal
 
 
 class Fenced(SinkError):

@@ -5,6 +5,7 @@ Public API::
     normalise(entity: Entity, district_id: str, raw: Any) -> CanonicalRecord | Rejection
     denormalise(entity: Entity, data: Mapping[str, Any]) -> dict[str, Any]
     dump_raw(raw: Any) -> bytes                     # JSON bytes of anything, for dead letters
+    known_keys(entity: Entity) -> frozenset[str]    # raw keys that are not extensions
     MAX_ID_CHARS, MAX_STRING_CHARS, MAX_ITEMS, MAX_JSON_BYTES
 
 ``normalise`` is pure and never raises. Its output ``CanonicalRecord.data`` has exactly the fields
@@ -34,7 +35,8 @@ of ``schemas/<Entity>.avsc`` in schema order and encodes with it as it is. Rules
   keys are kept the same way in ``extensions_json``.
 - Rejections carry a precise reason, ``<entity>[<path>]: <what>``, e.g.
   ``users[sourcedId]: missing`` or ``users[roles][0][org][sourcedId]: not a string (int)``, and
-  the raw record as JSON bytes (orjson).
+  the raw record as JSON bytes (orjson). A reason names the field and the rule broken, never
+  the value (it is logged; the value may be personal data).
 - Bounds: sourcedIds <= ``MAX_ID_CHARS``; other strings <= ``MAX_STRING_CHARS``; arrays <=
   ``MAX_ITEMS``; ``metadata_json`` and ``extensions_json`` <= ``MAX_JSON_BYTES`` each.
 
@@ -131,7 +133,7 @@ def _bool(value: Any) -> bool | None:
         found = _BOOLS.get(value.strip().lower())
         if found is not None:
             return found
-        raise _Reject(f"not a boolean ({value[:20]!r})")
+        raise _Reject("not a boolean (a string other than true or false)")
     raise _Reject(f"not a boolean ({_kind(value)})")
 
 
@@ -338,6 +340,12 @@ _NO_EXTRAS: Final[frozenset[str]] = frozenset()
 _LEGACY_USER_KEYS: Final = frozenset({"role", "orgs"})
 
 
+def known_keys(entity: Entity) -> frozenset[str]:
+    """The raw top-level keys the normaliser reads for ``entity`` (including a 1.1 user's
+    ``role`` and ``orgs``); every other key ends up in ``extensions_json``."""
+    return _KNOWN[entity] | (_LEGACY_USER_KEYS if entity == "users" else _NO_EXTRAS)
+
+
 def _json_text(value: Any) -> str:
     try:
         data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
@@ -372,13 +380,13 @@ def _normalise(entity: Entity, district_id: str, raw: Any) -> CanonicalRecord:
         raise _Reject("missing", "status")
     status = _STATUS.get(status_raw.lower()) if isinstance(status_raw, str) else None
     if status is None:
-        raise _Reject(f"unknown status {str(status_raw)[:40]!r}", "status")
+        raise _Reject("unknown status (allowed: active, tobedeleted, inactive)", "status")
     dlm_raw = raw.get("dateLastModified")
     if dlm_raw is None:
         raise _Reject("missing", "dateLastModified")
     moment = parse_timestamp(dlm_raw) if isinstance(dlm_raw, str) else None
     if moment is None:
-        raise _Reject(f"not an ISO-8601 timestamp ({str(dlm_raw)[:40]!r})", "dateLastModified")
+        raise _Reject(f"not an ISO-8601 timestamp ({_kind(dlm_raw)})", "dateLastModified")
     # Millisecond precision, as in the text, so ``date_last_modified`` and the cursor agree.
     moment = moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
     data: dict[str, Any] = {
@@ -422,7 +430,7 @@ def normalise(entity: Entity, district_id: str, raw: Any) -> CanonicalRecord | R
         where = f"[{']['.join(r.path)}]" if r.path else ""
         reason = f"{entity}{where}: {r.what}"
     except Exception as exc:  # noqa: BLE001 - normalise never raises; a surprise is a rejection
-        reason = f"{entity}: cannot normalise: {type(exc).__name__}: {exc}"
+        reason = f"{entity}: cannot normalise: {type(exc).__name__}"
     sid = raw.get("sourcedId") if isinstance(raw, dict) else None
     if not isinstance(sid, str) or not sid.strip() or len(sid) > MAX_ID_CHARS:
         sid = None

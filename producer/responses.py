@@ -130,13 +130,17 @@ def describe_body(body: bytes) -> ServerStatus:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
+        if body.lstrip()[:1] in (b"{", b"["):
+            # A truncated or malformed page: its text is roster records, never quoted.
+            return ServerStatus(description=f"malformed or truncated JSON ({len(body)} bytes)")
         text = body[:4096].decode("utf-8", errors="replace")
         title = _TITLE.search(text)
         if title:
             return ServerStatus(description=_clip(html.unescape(title.group(1))))
         return ServerStatus(description=_clip(html.unescape(_TAG.sub(" ", text))) or None)
+    # JSON without an error description may be records: name its shape, not its content.
     return describe_document(doc) or ServerStatus(
-        description=_clip(body[:200].decode(errors="replace"))
+        description=f"JSON without an error description (top-level keys: {_keys(doc)})"
     )
 
 

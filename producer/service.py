@@ -7,9 +7,10 @@ resources are entered in one ``AsyncExitStack`` so teardown runs in reverse:
 2. Writer: start the transactional producer of this shard. Its start fences any older instance
    with the same ``transactional_id`` and aborts the transaction it left open, so what follows
    reads only committed data.
-3. Schemas: publish to ``<prefix>.schemas`` (keyed by fingerprint) the schemas it lacks.
-4. State: restore the local store from the state topic (warm: only the tail).
-5. Checkpoints: read every committed checkpoint.
+3. State: restore the local store from the state topic (warm: only the tail).
+4. Checkpoints: read every committed checkpoint.
+5. Schemas: publish to ``<prefix>.schemas`` (keyed by fingerprint) the schemas it lacks. Last,
+   so a start that cannot read (a missing Read ACL) has written nothing.
 Then the service is ready; ``poll`` runs one district's pass (the scheduler's ``DistrictRunner``).
 
 The districts and their clients are ``producer.districts``; the metrics observer is
@@ -39,6 +40,7 @@ from producer.kafka.topics import TopicNames, TopicSettings, ensure_topics
 from producer.kafka.writer import TransactionalWriter
 from producer.metrics import Metrics, MetricsObserver
 from producer.model import Entity
+from producer.privacy import PrivacyRules
 from producer.protocols import ClientEvent
 from producer.state import StateStore
 from producer.sync import DistrictSync, EntityResult
@@ -57,6 +59,8 @@ class Service:
         self.schemas = Schemas.load()
         self.encoder = Encoder(self.schemas, self.topics)
         self.book = CheckpointBook()
+        privacy = config.privacy
+        self.privacy = PrivacyRules.parse(privacy.omit, privacy.hash, privacy.hash_key)
         self.ready = False
         self.restored = False
         self._stack = AsyncExitStack()
@@ -104,7 +108,10 @@ class Service:
             self.topics,
             TopicSettings.from_config(kafka),
         )
-        self._store = StateStore(Path(self.config.state.dir) / f"{kafka.transactional_id}.sqlite")
+        self._store = StateStore(
+            Path(self.config.state.dir) / f"{kafka.transactional_id}.sqlite",
+            permissions=self.config.state.permissions,
+        )
         self._stack.callback(self._store.close)
         # 2.
         self._writer = TransactionalWriter(
@@ -116,6 +123,19 @@ class Service:
         await self._writer.start()
         self._stack.push_async_callback(self._writer.close)
         # 3.
+        stats = await restore_from_kafka(
+            self._store, topic=self.topics.state, consumer_config=consumer_cfg
+        )
+        self.restored = True
+        keys = self._store.count()
+        self.metrics.state_keys(keys)
+        # 4.
+        self.book = CheckpointBook(
+            await load_checkpoints(
+                self.encoder, topic=self.topics.checkpoints, consumer_config=consumer_cfg
+            )
+        )
+        # 5.
         published = await read_compacted(
             consumer_cfg, self.topics.schemas, action=f"reading {self.topics.schemas} failed"
         )
@@ -123,19 +143,6 @@ class Service:
         if unpublished:
             await self._writer.publish(unpublished)
         log.info("schemas_published", count=len(unpublished))
-        # 4.
-        stats = await restore_from_kafka(
-            self._store, topic=self.topics.state, consumer_config=consumer_cfg
-        )
-        self.restored = True
-        keys = self._store.count()
-        self.metrics.state_keys(keys)
-        # 5.
-        self.book = CheckpointBook(
-            await load_checkpoints(
-                self.encoder, topic=self.topics.checkpoints, consumer_config=consumer_cfg
-            )
-        )
         self._probe = BrokerProbe(connection_options(kafka, role="health"))
         await self._probe.start()
         self._stack.push_async_callback(self._probe.close)
@@ -198,6 +205,7 @@ class Service:
             settings=self.config.sync,
             entities=district.entities,
             observer=self.observer,
+            privacy=self.privacy,
         )
         self._syncs[district_id] = engine
         return engine

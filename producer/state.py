@@ -2,9 +2,10 @@
 
 The state topic is the truth; this store is a cache of it that the differ can query without a
 network round trip. It lives in one SQLite file (stdlib ``sqlite3``, WAL mode) under
-``[state] dir`` and holds, per key, the digest of the canonical record and the record's encoded
-value exactly as it sits in the state topic (single-object Avro), so ``before`` images come from
-disk, not from memory: the process's memory per key is a SQLite page-cache share, not a record.
+``[state] dir`` (directory 0700, files 0600 whatever the umask: ``producer.private``) and
+holds, per key, the digest of the canonical record and the record's encoded value exactly as
+it sits in the state topic (single-object Avro), so ``before`` images come from disk, not from
+memory: the process's memory per key is a SQLite page-cache share, not a record.
 
 The state-topic record format is ``producer.kafka.statetopic``; bringing the store up to the
 topic's end at start is ``producer.kafka.restore``. This module is SQLite alone.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from producer.errors import ClientClosed
+from producer.private import Policy, private_sqlite, private_umask
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS records (
@@ -75,16 +77,20 @@ class StateWrite:
 class StateStore:
     """Key -> (digest, encoded record) on disk, plus the state-topic offsets applied so far."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, permissions: Policy = "tighten") -> None:
+        # The store holds student records: directory 0700, files 0600 (``producer.private``).
+        private_sqlite(path, policy=permissions)
         self.path = path
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache, whatever the key count
-        self._db.executescript(_SCHEMA)
+        with private_umask():
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache, whatever the keys
+            # Sorts and temporary indexes stay in memory: no temporary file holds a record.
+            self._db.execute("PRAGMA temp_store=MEMORY")
+            self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
         if "raw" not in columns:  # a store written by 0.1.0 before the raw digest existed
             self._db.execute("ALTER TABLE records ADD COLUMN raw BLOB")

@@ -27,6 +27,9 @@ enrollments, demographics):
   ``filters.filter_ignored``) is marked ``delta_supported = False`` and gets full listings from
   then on. Both are logged as warnings.
 - **Demographics** answered with 403 (scope not granted) are skipped with a warning.
+- **Privacy.** Every source record passes through the ``[privacy]`` rules (``producer.privacy``)
+  as it enters, before its raw digest is taken or it is normalised or dead-lettered.
+- **Logs** carry sourcedIds, counts and reasons (field and rule), never a record's content.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from producer.errors import FilterUnsupported, Forbidden, ListingIncomplete
 from producer.events import Batch, Encoder, SourceInfo
 from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode
 from producer.normalise import dump_raw, normalise
+from producer.privacy import NO_RULES, PrivacyRules
 from producer.protocols import Clock, Sink, Source, StateReader, SyncObserver
 from producer.state import StateWrite, StoredDigest
 from producer.timestamps import parse_timestamp
@@ -134,8 +138,10 @@ class DistrictSync:
         entities: Sequence[Entity] = ENTITIES,
         observer: SyncObserver | None = None,
         clock: Clock = lambda: datetime.now(UTC),
+        privacy: PrivacyRules = NO_RULES,
     ) -> None:
         self.district_id = district_id
+        self._privacy = privacy
         self._source = source
         self._server = server
         self._store = store
@@ -248,13 +254,16 @@ class DistrictSync:
         its date is read (for the cursor) and the normaliser is skipped.
         """
         state.result.fetched += len(page.records)
-        sids = [raw.get("sourcedId") if type(raw) is dict else None for raw in page.records]
+        records = page.records
+        if self._privacy.active:  # [privacy]: before anything reads, digests or keeps a record
+            records = [self._privacy.apply(entity, raw) for raw in records]
+        sids = [raw.get("sourcedId") if type(raw) is dict else None for raw in records]
         priors = self._store.digests(
             entity, self.district_id, [sid for sid in sids if isinstance(sid, str)]
         )
         received: list[tuple[CanonicalRecord, bytes | None]] = []
         touched: list[tuple[str, bytes]] = []
-        for raw, sid in zip(page.records, sids, strict=True):
+        for raw, sid in zip(records, sids, strict=True):
             raw_digest = differ.raw_digest(raw)
             stored = priors.get(sid) if isinstance(sid, str) else None
             if (
@@ -446,7 +455,7 @@ class DistrictSync:
                 prior = stored.get(sid)
                 if prior is None:
                     continue
-                raw = current[sid]
+                raw = self._privacy.apply(entity, current[sid])
                 if raw is not None:
                     # The listing missed a record that still exists (offsets shifted while it
                     # paged): never a delete; diff what the server holds now instead.

@@ -31,10 +31,13 @@ ENTITIES = (
 
 
 async def read_all(
-    bootstrap: str, topic: str
+    bootstrap: str, topic: str, **options: Any
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    """Every committed record of ``topic`` up to its end, in partition order."""
-    reader = TopicReader({"bootstrap_servers": bootstrap}, topic, action=f"checker: {topic}")
+    """Every committed record of ``topic`` up to its end, in partition order (``options``: more
+    consumer settings, e.g. SASL credentials)."""
+    reader = TopicReader(
+        {"bootstrap_servers": bootstrap, **options}, topic, action=f"checker: {topic}"
+    )
     async with reader:
         return [(m.key, m.value, dict(m.headers)) for m in await reader.read_all()]
 

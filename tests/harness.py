@@ -29,6 +29,7 @@ def make_config(
     districts: list[str] | None = None,
     sync: dict[str, Any] | None = None,
     district_overrides: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Config:
     """A validated config for ``sim``'s districts under a unique topic prefix."""
     document = config_document(
@@ -39,6 +40,7 @@ def make_config(
         districts=districts,
         sync=sync,
         district_overrides=district_overrides,
+        extra=extra,
     )
     return config_from_mapping(document, {})
 
@@ -104,6 +106,7 @@ def config_document(
     district_overrides: Mapping[str, Any] | None = None,
     http_listen: str = "127.0.0.1:0",
     classlink: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The config of ``sim``'s districts as a TOML-ready mapping (unique prefix and client id)."""
     ids = list(districts) if districts is not None else [d.spec.id for d in sim.districts]
@@ -129,6 +132,7 @@ def config_document(
         },
         "state": {"dir": str(state_dir)},
         "http": {"listen": http_listen},
+        **(extra or {}),
     }
     entries = []
     for district_id in ids:

@@ -7,9 +7,13 @@ in unencrypted PKCS#8 PEM, which both Python's ``ssl`` and Kafka's PEM keystore 
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import ssl
 import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,48 @@ class Pki:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(self.server_chain), str(self.server_key))
         return context
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (for a broker a test starts)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@contextmanager
+def own_broker(data_dir: Path, settings: Mapping[str, str]) -> Iterator[str]:
+    """A separate ``scripts/kafka`` broker (its own data directory; the shared broker is
+    untouched) configured by ``settings`` (environment variables of the script, including
+    ``KAFKA_PORT`` and ``KAFKA_CONTROLLER_PORT``: take them from one ``free_ports`` call),
+    started for the block and stopped, its data removed, after. Yields its PLAINTEXT bootstrap."""
+    from tests.conftest import KAFKA_SCRIPT, broker_answers  # noqa: PLC0415 - conftest imports us
+
+    port = settings["KAFKA_PORT"]
+    env = {
+        **os.environ,
+        "KAFKA_DATA_DIR": str(data_dir),
+        "KAFKA_HEAP": "-Xms128m -Xmx384m",
+        "KAFKA_START_TIMEOUT": "90",
+        **settings,
+    }
+    started = subprocess.run(
+        [str(KAFKA_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=150,
+        check=False,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert broker_answers(f"127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True, timeout=60, check=False
+        )
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -83,7 +83,7 @@ CORPUS: dict[str, tuple[Any, str, str | None]] = {
     ),
     "unknown status": (
         user("bad-status", status="archived"),
-        "users[status]: unknown status 'archived'",
+        "users[status]: unknown status (allowed: active, tobedeleted, inactive)",
         "bad-status",
     ),
     "int status": (user("bad-int-status", status=1), "users[status]: unknown", "bad-int-status"),
@@ -144,7 +144,7 @@ CORPUS: dict[str, tuple[Any, str, str | None]] = {
     ),
     "word boolean": (
         user("bad-bool", enabledUser="maybe"),
-        "users[enabledUser]: not a boolean ('maybe')",
+        "users[enabledUser]: not a boolean (a string other than true or false)",
         "bad-bool",
     ),
     "int boolean": (

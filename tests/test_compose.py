@@ -37,3 +37,28 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
         "simulator": {"condition": "service_healthy"},
     }
     assert producer["environment"]["ONEROSTER_CDC_CONFIG"] == "/app/config/docker.toml"
+
+
+def test_image_runs_as_a_user_that_owns_the_private_state_volume() -> None:
+    """The Dockerfile switches to a non-root user before the entry point, and creates the
+    state volume (where config/docker.toml puts ``[state] dir``) owned by that user, mode 0700."""
+    import tomllib  # noqa: PLC0415
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines()]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users
+    assert users[-1] not in ("root", "0")
+    user = users[-1]
+    assert lines.index(f"USER {user}") < next(
+        i for i, line in enumerate(lines) if line.startswith("ENTRYPOINT")
+    )
+    volume = yaml.safe_load(
+        next(line for line in lines if line.startswith("VOLUME ")).removeprefix("VOLUME ")
+    )[0]
+    assert f"chown -R {user}:{user} {volume}" in dockerfile
+    assert f"chmod -R 0700 {volume}" in dockerfile
+    state_dir = tomllib.loads((ROOT / "config" / "docker.toml").read_text())["state"]["dir"]
+    assert Path(state_dir).is_relative_to(volume)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert f"producer-state:{volume}" in compose["services"]["producer"]["volumes"]

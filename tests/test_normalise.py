@@ -205,7 +205,7 @@ def test_unreadable_timestamps_are_rejected(text):
         ({"sourcedId": 12}, "users[sourcedId]: not a string (int)"),
         ({"sourcedId": "x" * (MAX_ID_CHARS + 1)}, f"users[sourcedId]: longer than {MAX_ID_CHARS}"),
         ({"sourcedId": "u"}, "users[status]: missing"),
-        ({"sourcedId": "u", "status": "gone"}, "users[status]: unknown status 'gone'"),
+        ({"sourcedId": "u", "status": "gone"}, "users[status]: unknown status (allowed"),
         ({"sourcedId": "u", "status": "active"}, "users[dateLastModified]: missing"),
     ],
 )
@@ -220,7 +220,7 @@ BASE = {"sourcedId": "u", "status": "active", "dateLastModified": "2024-01-01T00
 @pytest.mark.parametrize(
     ("extra", "reason"),
     [
-        ({"enabledUser": "maybe"}, "users[enabledUser]: not a boolean ('maybe')"),
+        ({"enabledUser": "maybe"}, "users[enabledUser]: not a boolean (a string other"),
         ({"givenName": 1.5}, "users[givenName]: not a string (float)"),
         ({"givenName": ["a"]}, "users[givenName]: not a string (list)"),
         (

@@ -11,6 +11,12 @@ secret in raw, URL-encoded, JSON-escaped and Basic-header (base64) forms: the su
 stdout and stderr, ``/metrics``, ``/readyz``, ``/healthz``, every record (key, value, headers)
 of every topic under the prefix, the decoded change events and dead letters, and the exception
 texts (``str``, ``repr``, traceback) and config dumps.
+
+Sentinel personal values (a family name and email on every user of one district, a personal
+string in a field that makes a record a dead letter) must show up in the topics, the data path,
+and in no log line, CLI output, metric, HTTP answer or error message: logs carry sourcedIds,
+counts and reasons that name a field and a rule, never a value; a truncated page is described
+by its size, not quoted.
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ SECRETS = {
     "secbad": "SENTINEL-wrong+n/o=p&q",
 }
 CLASSLINK_KEY = "SENTINEL-classlink+r/s=t&u"
+#: Personal values given to every user of district sec12 (and to a record that dead-letters):
+#: they belong in the topics (the data path) and nowhere else.
+PERSONAL = {
+    "family name": "Piisentinelfamily",
+    "email": "pii.sentinel.mail@sec12.example.org",
+    "bad boolean": "Piisentinel Boolean",
+}
 ENV = {"SEC11_SECRET": SECRETS["sec11"]}
 
 
@@ -123,6 +136,17 @@ async def test_sentinel_secrets_appear_nowhere(
     async with sim.serve() as root:
         sec12 = sim.district("sec12")
         sec12.create("users", {"givenName": 1.5})  # not a string: a dead letter
+        for n, sid in enumerate(sorted(sec12.truth_state("users"))):
+            sec12.update(
+                "users",
+                sid,
+                familyName=f"{PERSONAL['family name']}{n}",
+                email=f"{n}.{PERSONAL['email']}",
+            )
+        sec12.create(  # a dead letter whose bad value is itself personal
+            "users",
+            {"enabledUser": PERSONAL["bad boolean"], "familyName": PERSONAL["family name"]},
+        )
         doc = config_document(
             sim,
             bootstrap=kafka_bootstrap,
@@ -209,6 +233,12 @@ async def test_sentinel_secrets_appear_nowhere(
     control = leaks({"config file": config_path.read_text()}, needles)
     assert {c.split(": ", 1)[1] for c in control} == {*SECRETS, "classlink api key"} - {"sec11"}
     assert leaks(texts, needles) == []
+    # Personal values travel the data path (topics), never logs, metrics or error messages.
+    personal = {name: forms(value) for name, value in PERSONAL.items()}
+    data_path = {k: v for k, v in texts.items() if k.startswith(("topic ", "decoded "))}
+    assert {c.split(": ", 1)[1] for c in leaks(data_path, personal)} == set(PERSONAL)
+    others = {k: v for k, v in texts.items() if k not in data_path}
+    assert leaks(others, personal) == []
 
 
 @pytest.mark.timeout(120)

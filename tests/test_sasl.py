@@ -8,10 +8,7 @@ SCRAM user created when the storage is formatted.
 
 from __future__ import annotations
 
-import os
 import secrets
-import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,24 +21,13 @@ from producer.errors import CdcError, SinkError
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
 from tests.checker import ENTITIES, rebuild
-from tests.conftest import KAFKA_SCRIPT, ServeSimulator, broker_answers
+from tests.conftest import ServeSimulator
 from tests.harness import make_config
-from tests.security_helpers import Pki, make_pki
+from tests.security_helpers import Pki, free_ports, make_pki, own_broker
 
 pytestmark = pytest.mark.integration
 
 USER = "cdc-producer"
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass(frozen=True)
@@ -59,37 +45,19 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker
     """Starts the SASL_SSL broker for this module and stops it (removing its data) afterwards."""
     base = tmp_path_factory.mktemp("sasl")
     pki = make_pki(base / "pki")
-    port, cport, sport = _free_ports(3)
+    port, cport, sport = free_ports(3)
     password = secrets.token_urlsafe(18)
-    env = {
-        **os.environ,
+    settings = {
         "KAFKA_PORT": str(port),
         "KAFKA_CONTROLLER_PORT": str(cport),
         "KAFKA_SASL_SSL_PORT": str(sport),
-        "KAFKA_DATA_DIR": str(base / "data"),
         "KAFKA_SSL_CERT": str(pki.server_cert),
         "KAFKA_SSL_KEY": str(pki.server_key),
         "KAFKA_SCRAM_USER": USER,
         "KAFKA_SCRAM_PASSWORD": password,
-        "KAFKA_HEAP": "-Xms128m -Xmx384m",
-        "KAFKA_START_TIMEOUT": "90",
     }
-    started = subprocess.run(
-        [str(KAFKA_SCRIPT), "start"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        check=False,
-    )
-    try:
-        assert started.returncode == 0, started.stderr[-3000:]
-        assert broker_answers(f"127.0.0.1:{port}")
-        yield SaslBroker(f"127.0.0.1:{port}", f"127.0.0.1:{sport}", pki, password)
-    finally:
-        subprocess.run(
-            [str(KAFKA_SCRIPT), "stop"], env=env, capture_output=True, timeout=60, check=False
-        )
+    with own_broker(base / "data", settings) as plaintext:
+        yield SaslBroker(plaintext, f"127.0.0.1:{sport}", pki, password)
 
 
 @pytest.fixture

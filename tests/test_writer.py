@@ -153,7 +153,8 @@ async def test_restart_with_same_transactional_id_fences_the_old_writer(
     env, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """A second writer with the same transactional_id fences the first: the old one's next
-    batch raises Fenced and commits nothing."""
+    batches raise Fenced and commit nothing, and it never starts a producer again (which would
+    fence the newer writer back): the newer one still commits."""
     names, store, writer = env
     other_store = StateStore(tmp_path / "other.sqlite")
     newer = TransactionalWriter(
@@ -166,6 +167,8 @@ async def test_restart_with_same_transactional_id_fences_the_old_writer(
     try:
         with pytest.raises(Fenced):
             await writer.commit(_batch(names, 1))
+        with pytest.raises(Fenced):
+            await writer.commit(_batch(names, 1, start=50))
         await newer.commit(_batch(names, 2, start=100))
     finally:
         await newer.close()

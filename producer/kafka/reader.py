@@ -10,21 +10,24 @@ two ways of reading:
   offsets).
 - ``poll``: what arrived since the last call (``tail`` and ``demo`` follow a topic this way).
 
-Kafka errors leave as ``BrokerUnavailable`` with the caller's ``action`` in the message.
+Kafka errors leave as ``BrokerUnavailable`` with the caller's ``action`` in the message, or,
+when the broker's authorizer refused, as ``NotAuthorized`` naming Read on the topic.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from producer.errors import BrokerUnavailable
+from producer.kafka.authz import denied
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -69,11 +72,16 @@ def header(headers: Headers, name: str) -> bytes | None:
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic``, refreshing the consumer's metadata if it has none yet."""
+    """The partitions of ``topic``, refreshing the consumer's metadata if it has none yet.
+
+    Raises ``TopicAuthorizationFailedError`` when the broker hides the topic from this principal
+    (no Read, Write or Describe ACL on it)."""
     parts = consumer.partitions_for_topic(topic)
-    for _ in range(50):
+    for attempt in range(50):
         if parts:
             break
+        if attempt == 0:
+            await _check_topic_access(consumer, topic)
         # aiokafka has no public call that refreshes metadata for an unsubscribed topic.
         cluster = await consumer._client.fetch_all_metadata()
         parts = cluster.partitions_for_topic(topic)
@@ -84,12 +92,29 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
+async def _check_topic_access(consumer: AIOKafkaConsumer, topic: str) -> None:
+    """Ask for ``topic``'s metadata by name: a listing of all topics silently leaves out those
+    the principal may not see, a request by name says so (``TopicAuthorizationFailedError``)."""
+    client = consumer._client
+    request = MetadataRequest([topic], allow_auto_topic_creation=False)
+    response = await client.send(client.get_random_node(), request)
+    for entry in response.topics:
+        if entry[1] == topic and entry[0] == TopicAuthorizationFailedError.errno:
+            raise TopicAuthorizationFailedError(topic)
+
+
 @contextmanager
-def kafka_errors(action: str) -> Iterator[None]:
-    """Turn a Kafka client error raised inside the block into ``BrokerUnavailable``."""
+def kafka_errors(
+    action: str, *, topics: Sequence[str] = (), options: Mapping[str, Any] | None = None
+) -> Iterator[None]:
+    """Turn a Kafka client error raised inside the block into ``BrokerUnavailable``, or into
+    ``NotAuthorized`` (Read on ``topics``) when the broker refused it."""
     try:
         yield
     except KafkaError as exc:
+        refused = denied(exc, operation="Read", topic=", ".join(topics) or None, options=options)
+        if refused is not None:
+            raise refused from exc
         raise BrokerUnavailable(f"{action}: {exc}") from exc
 
 
@@ -107,11 +132,15 @@ class TopicReader:
         )
         self._topics = topics
         self._action = action
+        self._options = consumer_config
         self._tps: list[TopicPartition] = []
+
+    def _errors(self) -> AbstractContextManager[None]:
+        return kafka_errors(self._action, topics=self._topics, options=self._options)
 
     async def __aenter__(self) -> Self:
         try:
-            with kafka_errors(self._action):
+            with self._errors():
                 await self._consumer.start()
                 for topic in self._topics:
                     self._tps.extend(await topic_partitions(self._consumer, topic))
@@ -131,21 +160,21 @@ class TopicReader:
 
     async def end_offsets(self) -> dict[int, int]:
         """The end offset of every partition, now (of a single-topic reader)."""
-        with kafka_errors(self._action):
+        with self._errors():
             end = await self._consumer.end_offsets(self._tps)
         return {tp.partition: offset for tp, offset in end.items()}
 
     async def seek_to_beginning(self) -> None:
-        with kafka_errors(self._action):
+        with self._errors():
             await self._consumer.seek_to_beginning(*self._tps)
 
     async def seek_to_end(self) -> None:
-        with kafka_errors(self._action):
+        with self._errors():
             await self._consumer.seek_to_end(*self._tps)
 
     async def seek(self, positions: Mapping[int, int]) -> None:
         """Each partition to its offset in ``positions``; the others to their beginning."""
-        with kafka_errors(self._action):
+        with self._errors():
             for tp in self._tps:
                 if tp.partition in positions:
                     self._consumer.seek(tp, positions[tp.partition])
@@ -158,14 +187,14 @@ class TopicReader:
         """Batches from the current positions up to ``until`` (end offsets by partition, of a
         single-topic reader), or the end offsets taken now."""
         consumer = self._consumer
-        with kafka_errors(self._action):
+        with self._errors():
             if until is None:
                 end = await consumer.end_offsets(self._tps)
             else:
                 end = {tp: until[tp.partition] for tp in self._tps}
             pending = {tp for tp in self._tps if (await consumer.position(tp)) < end[tp]}
         while pending:
-            with kafka_errors(self._action):
+            with self._errors():
                 batch = await consumer.getmany(*pending, timeout_ms=500, max_records=max_records)
                 positions: dict[int, int] = {}
                 for tp in list(pending):
@@ -187,7 +216,7 @@ class TopicReader:
 
     async def poll(self, wait_ms: int) -> list[Message]:
         """The records that arrived since the last call (waits up to ``wait_ms``)."""
-        with kafka_errors(self._action):
+        with self._errors():
             batch = await self._consumer.getmany(timeout_ms=wait_ms)
         return [m for part in batch.values() for m in part]
 

@@ -26,7 +26,8 @@ from aiokafka.errors import (
 )
 
 from producer.config import KafkaConfig
-from producer.errors import BrokerAuthFailed, BrokerUnavailable, TopicMisconfigured
+from producer.errors import BrokerAuthFailed, BrokerUnavailable, NotAuthorized, TopicMisconfigured
+from producer.kafka.authz import AUTHORIZATION_CODES, principal_of
 from producer.model import ENTITIES, Entity
 
 log = structlog.get_logger(__name__)
@@ -139,11 +140,16 @@ async def ensure_topics(
                 replicas = min(3, len((await admin.describe_cluster())["brokers"]))
             # Another instance may create them first.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [NewTopic(n, specs[n][0], replicas, topic_configs=specs[n][1]) for n in missing]
                 )
+                for name, code, *_ in response.topic_errors:
+                    if code in AUTHORIZATION_CODES:
+                        raise NotAuthorized(
+                            "Create", f"topic {name!r}", principal=principal_of(admin_config)
+                        )
             log.info("topics_created", topics=missing)
-        await _check_compacted(admin, [names.state, names.checkpoints])
+        await _check_compacted(admin, [names.state, names.checkpoints], admin_config)
     except KafkaError as exc:
         await diagnose_authentication(admin_config)
         raise BrokerUnavailable(f"could not check or create topics: {exc}") from exc
@@ -182,8 +188,10 @@ async def diagnose_authentication(options: dict[str, Any]) -> None:
         conn.close()
 
 
-async def _check_compacted(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
-    policies = await _cleanup_policies(admin, topics)
+async def _check_compacted(
+    admin: AIOKafkaAdminClient, topics: list[str], options: dict[str, Any]
+) -> None:
+    policies = await _cleanup_policies(admin, topics, options)
     for name in topics:
         policy = policies.get(name)
         if policy is None or "compact" not in policy:
@@ -194,15 +202,22 @@ async def _check_compacted(admin: AIOKafkaAdminClient, topics: list[str]) -> Non
             )
 
 
-async def _cleanup_policies(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, str]:
+async def _cleanup_policies(
+    admin: AIOKafkaAdminClient, topics: list[str], options: dict[str, Any]
+) -> dict[str, str]:
     """``cleanup.policy`` by topic. Right after creation a topic may not be described yet
-    (the resource carries an error code): ask again for a few seconds."""
+    (the resource carries an error code): ask again for a few seconds. A denied describe is
+    ``NotAuthorized`` at once."""
     policies: dict[str, str] = {}
     for _ in range(50):
         wanted = [t for t in topics if t not in policies]
         resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in wanted]
         for response in await admin.describe_configs(resources):
             for code, _msg, _rtype, name, entries in response.resources:
+                if code in AUTHORIZATION_CODES:
+                    raise NotAuthorized(
+                        "DescribeConfigs", f"topic {name!r}", principal=principal_of(options)
+                    )
                 if code == 0:
                     policies[name] = next((e[1] for e in entries if e[0] == "cleanup.policy"), "")
         if len(policies) == len(topics):

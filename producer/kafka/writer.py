@@ -23,6 +23,7 @@ from aiokafka.partitioner import murmur2
 
 from producer.errors import BrokerUnavailable, ClientClosed, Fenced
 from producer.events import Batch, OutRecord
+from producer.kafka.authz import denied
 from producer.kafka.statetopic import state_record
 from producer.state import StateStore
 
@@ -50,6 +51,8 @@ class TransactionalWriter:
         self._partitions: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._closed = False
+        #: Once fenced, never start another producer: it would fence the newer owner back.
+        self._fenced = False
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -75,9 +78,15 @@ class TransactionalWriter:
             await producer.start()
         except ProducerFenced as exc:
             await _quiet_stop(producer)
+            self._fenced = True
             raise Fenced(f"transactional_id {self.transactional_id!r} is fenced") from exc
         except (KafkaError, OSError) as exc:
             await _quiet_stop(producer)
+            refused = denied(
+                exc, operation="Write", transactional_id=self.transactional_id, options=self._config
+            )
+            if refused is not None:
+                raise refused from exc
             raise BrokerUnavailable(f"cannot start the Kafka producer: {exc}") from exc
         self._producer = producer
 
@@ -100,14 +109,21 @@ class TransactionalWriter:
         7. Only after the commit: apply the state writes, with the offsets they reached, to the
            local store.
         Any failure aborts the transaction (or leaves it to be aborted by the next start) and
-        raises ``BrokerUnavailable`` (retriable: redo the batch from committed state) or
-        ``Fenced`` (stop: another instance owns this shard). The store is not touched.
+        raises ``BrokerUnavailable`` (retriable: redo the batch from committed state),
+        ``NotAuthorized`` (stop: an ACL is missing; names it) or ``Fenced`` (stop: another
+        instance owns this shard). The store is not touched.
         """
         if batch.empty:
             return
         async with self._lock:
             if self._closed:
                 raise ClientClosed("the writer is closed")
+            if self._fenced:
+                # Starting a new producer would fence the instance that fenced us in turn.
+                raise Fenced(
+                    f"transactional_id {self.transactional_id!r} was taken over by another "
+                    "instance; this writer no longer writes"
+                )
             await self.start()
             producer = self._producer
             assert producer is not None
@@ -117,7 +133,16 @@ class TransactionalWriter:
             except (KafkaError, IllegalOperation, OSError, TimeoutError) as exc:
                 fenced = isinstance(exc, ProducerFenced) or _fatal(producer)
                 await self._reset()
+                refused = denied(
+                    exc,
+                    operation="Write",
+                    transactional_id=self.transactional_id,
+                    options=self._config,
+                )
+                if refused is not None:
+                    raise refused from exc
                 if fenced:
+                    self._fenced = True
                     raise Fenced(
                         f"transactional_id {self.transactional_id!r} was taken over by another "
                         "instance; this one stops writing"
