@@ -244,7 +244,7 @@ async def _districts(service: Service, config: Config, wanted: Sequence[str] | N
     if wanted is None:
         return service.district_ids
     for district_id in wanted:
-        service.source(district_id)  # ConfigError naming the known ones
+        service.districts.get(district_id)  # ConfigError naming the known ones
     return list(dict.fromkeys(wanted))
 
 

@@ -104,13 +104,13 @@ class Daemon:
         service = self.service
         districts = []
         for district_id in service.district_ids:
-            source = service.source(district_id)
+            source = service.districts.get(district_id)
             known = scheduled.get(district_id)
             districts.append(
                 district_row(
                     district_id,
                     origin="classlink" if source.discovered is not None else "config",
-                    version=source.version,
+                    version=source.config.version,
                     checkpoints=[service.book.get(district_id, e) for e in source.entities],
                     now=now,
                     circuit_open=known.circuit_open if known else False,

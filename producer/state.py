@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from producer.errors import ClientClosed
 from producer.private import Policy, private_sqlite, private_umask
@@ -113,31 +113,28 @@ class StateStore:
         self, entity: str, district_id: str, sourced_ids: Sequence[str]
     ) -> dict[str, StoredRecord]:
         """The stored records of those sourcedIds that the store has."""
-        out: dict[str, StoredRecord] = {}
-        db = self.db
-        for start in range(0, len(sourced_ids), _CHUNK):
-            chunk = sourced_ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT sid, digest, value, raw FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - the f-string only inserts '?' marks
-            rows = db.execute(query, (entity, district_id, *chunk))
-            for sid, digest, value, raw in rows:
-                out[sid] = StoredRecord(digest, value, raw)
-        return out
+        rows = self._select("sid, digest, value, raw", entity, district_id, sourced_ids)
+        return {sid: StoredRecord(digest, value, raw) for sid, digest, value, raw in rows}
 
     def digests(
         self, entity: str, district_id: str, sourced_ids: Sequence[str]
     ) -> dict[str, StoredDigest]:
         """Digest and raw digest of those sourcedIds that the store has, without the encoded
         records (a re-read compares digests; only a changed record needs its value)."""
-        out: dict[str, StoredDigest] = {}
+        rows = self._select("sid, digest, raw", entity, district_id, sourced_ids)
+        return {sid: StoredDigest(digest, raw) for sid, digest, raw in rows}
+
+    def _select(
+        self, columns: str, entity: str, district_id: str, sourced_ids: Sequence[str]
+    ) -> Iterator[tuple[Any, ...]]:
+        """``columns`` of the rows of those sourcedIds, queried in chunks of ``_CHUNK`` keys
+        (SQLite caps bound parameters per statement)."""
         db = self.db
         for start in range(0, len(sourced_ids), _CHUNK):
             chunk = sourced_ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT sid, digest, raw FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - the f-string only inserts '?' marks
-            for sid, digest, raw in db.execute(query, (entity, district_id, *chunk)):
-                out[sid] = StoredDigest(digest, raw)
-        return out
+            query = f"SELECT {columns} FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - only fixed column names and '?' marks are inserted
+            yield from db.execute(query, (entity, district_id, *chunk))
 
     def get(self, entity: str, district_id: str, sourced_id: str) -> StoredRecord | None:
         """The stored record of one key, if any."""

@@ -24,10 +24,11 @@ enrollments, demographics):
   nothing is deleted, the count is held in the checkpoint, an alert is logged and counted,
   until ``confirm-deletes`` runs the pass with the guard lifted.
 - **Filter fallback.** A source that rejects the delta filter (400) is listed in full at once; one
-  that ignores it (returns records older than the filter), or that answers the first empty delta
-  of an entity holding records with nothing even for a filter every record matches (it cannot
-  parse the filter but says 200), is marked ``delta_supported = False`` and gets full listings
-  from then on. Each case is logged as a warning.
+  that ignores it (its listing says ``filter_ignored``: it returned records the filter excludes,
+  ``filters.filter_ignored``), or that answers the first empty delta of an entity holding records
+  with nothing even for a filter every record matches (it cannot parse the filter but says 200),
+  is marked ``delta_supported = False`` and gets full listings from then on. Each case is logged
+  as a warning.
 - **Demographics** answered with 403 (scope not granted) are skipped with a warning.
 - **Privacy.** Every source record passes through the ``[privacy]`` rules (``producer.privacy``)
   as it enters, before its raw digest is taken or it is normalised or dead-lettered.
@@ -39,27 +40,27 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from producer import diff as differ
 from producer.checkpoints import Checkpoint, CheckpointBook, format_cursor
-from producer.config import MASS_DELETE_MIN
+from producer.config import SyncConfig
 from producer.errors import FilterUnsupported, Forbidden, ListingIncomplete
 from producer.events import Batch, Encoder, SourceInfo
-from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode, Version
-from producer.normalise import dump_raw, normalise, parse_timestamp
+from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode
+from producer.normalise import dump_raw, normalise
 from producer.privacy import NO_RULES, PrivacyRules
-from producer.state import StateStore, StateWrite, StoredDigest
+from producer.protocols import Clock, Sink, Source, StateReader, SyncObserver
+from producer.state import StateWrite, StoredDigest
+from producer.timestamps import parse_timestamp
 
 log = structlog.get_logger(__name__)
 
-#: A record older than the delta filter by more than this means the filter was ignored.
-_FILTER_TOLERANCE = timedelta(seconds=1)
 #: A record may be dated this far past the local clock before it stops moving the cursor.
 _FUTURE_ALLOWANCE = timedelta(minutes=10)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -72,60 +73,12 @@ _IDLE_CHECKPOINT_EVERY = timedelta(minutes=10)
 _VERIFY_CONCURRENCY = 4
 
 
-class Listing(Protocol):
-    """What the engine needs of a source listing (``producer.client.Listing``)."""
-
-    complete: bool
-    incomplete_reason: str | None
-
-    def __aiter__(self) -> AsyncIterator[RawPage]: ...
-
-
-class Source(Protocol):
-    """What the engine needs of a source (``producer.client.OneRosterClient``)."""
-
-    @property
-    def version(self) -> Version | None: ...
-
-    async def resolve_version(self) -> Version: ...
-
-    def listing(self, entity: Entity, *, since: datetime | None = None) -> Listing: ...
-
-    async def fetch_one(self, entity: Entity, sourced_id: str) -> dict[str, Any] | None: ...
-
-    async def filter_answers(self, entity: Entity) -> bool: ...
-
-
-class Sink(Protocol):
-    """Where batches go (``producer.kafka.writer.TransactionalWriter``)."""
-
-    async def commit(self, batch: Batch) -> None: ...
-
-
-class Observer(Protocol):
-    """Counts what a pass did (``producer.metrics.Metrics`` adapts to it)."""
-
-    def pass_done(self, result: EntityResult) -> None: ...
-
-    def mass_delete_held(self, district_id: str, entity: str, count: int) -> None: ...
-
-
 class _NoObserver:
     def pass_done(self, result: EntityResult) -> None:
         pass
 
     def mass_delete_held(self, district_id: str, entity: str, count: int) -> None:
         pass
-
-
-@dataclass(frozen=True, slots=True)
-class SyncSettings:
-    """The ``[sync]`` knobs the engine uses."""
-
-    overlap: float = 300.0
-    mass_delete_threshold: float = 0.10
-    batch_size: int = 1000
-    mass_delete_min: int = MASS_DELETE_MIN
 
 
 @dataclass(slots=True)
@@ -158,7 +111,6 @@ class _Pass:
     pending: int = 0
     #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
     seen: dict[str, bytes] = field(default_factory=dict)
-    filter_ignored: bool = False
     #: The checkpoint as last committed in this pass (or before it): progress counters advance
     #: with every batch, the cursor only with the last.
     cp: Checkpoint | None = None
@@ -169,8 +121,6 @@ class _Pass:
     counted: tuple[int, int, int, int] = (0, 0, 0, 0)
     #: Records dated after this do not move the cursor (see ``_run``).
     ceiling: datetime = field(default_factory=lambda: _LATEST)
-    #: A delta record older than this means the server ignored the filter.
-    ignored_before: datetime | None = None
     future_warned: bool = False
 
 
@@ -183,14 +133,14 @@ class DistrictSync:
         district_id: str,
         source: Source,
         server: str | None,
-        store: StateStore,
+        store: StateReader,
         sink: Sink,
         encoder: Encoder,
         checkpoints: CheckpointBook,
-        settings: SyncSettings,
+        settings: SyncConfig,
         entities: Sequence[Entity] = ENTITIES,
-        observer: Observer | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        observer: SyncObserver | None = None,
+        clock: Clock = lambda: datetime.now(UTC),
         privacy: PrivacyRules = NO_RULES,
     ) -> None:
         self.district_id = district_id
@@ -204,7 +154,7 @@ class DistrictSync:
         self._settings = settings
         self._overlap = timedelta(seconds=settings.overlap)
         self._entities = [e for e in ENTITIES if e in entities]
-        self._observer: Observer = observer or _NoObserver()
+        self._observer: SyncObserver = observer or _NoObserver()
         self._clock = clock
         #: Entities whose delta filter was probed (``_filter_unanswered``).
         self._filter_probed: set[Entity] = set()
@@ -311,9 +261,6 @@ class DistrictSync:
             ceiling=ceiling,
             cp=cp,
             keys=self._store.count(entity, self.district_id),
-            ignored_before=None
-            if since is None
-            else max(since, _EARLIEST + _FILTER_TOLERANCE) - _FILTER_TOLERANCE,
         )
         listing = self._source.listing(entity, since=since)
         async for page in listing:
@@ -325,7 +272,7 @@ class DistrictSync:
             )
         if mode == "FULL":
             await self._absent(entity, state, cp, confirm_deletes)
-        if state.filter_ignored:
+        if mode == "DELTA" and listing.filter_ignored:
             log.warning("sync.delta_filter_ignored", since=str(since), fallback="FULL from now on")
             cp = cp.replace(delta_supported=False)
         await self._finish(entity, state, cp, mode)
@@ -376,7 +323,7 @@ class DistrictSync:
         self._store.remember_raw_digests(entity, self.district_id, touched)
 
     def _observe_date(self, state: _Pass, sid: str, moment: datetime, mode: SyncMode) -> None:
-        """Move the cursor (unless the date is in the future) and notice an ignored filter."""
+        """Move the cursor (unless the date is in the future)."""
         if moment > state.ceiling:
             if not state.future_warned:
                 state.future_warned = True
@@ -388,8 +335,6 @@ class DistrictSync:
                 )
         elif state.cursor is None or moment > state.cursor:
             state.cursor = moment
-        if mode == "DELTA" and state.ignored_before is not None and moment < state.ignored_before:
-            state.filter_ignored = True
 
     def _record(
         self,
@@ -606,7 +551,9 @@ class DistrictSync:
         )
 
 
-def _net_new(store: StateStore, entity: str, district_id: str, writes: Sequence[StateWrite]) -> int:
+def _net_new(
+    store: StateReader, entity: str, district_id: str, writes: Sequence[StateWrite]
+) -> int:
     """How the key count changes when ``writes`` are applied: upserts of unknown keys add one,
     deletes of known keys remove one."""
     if not writes:

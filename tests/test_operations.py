@@ -16,8 +16,8 @@ import pytest
 
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
-from tests.harness import district_entry, make_config, write_config_file
-from tests.test_cli import ROOT, cli, free_port
+from tests.harness import district_entry, free_port, make_config, write_config_file
+from tests.test_cli import ROOT, cli
 
 SHA1_ONLY = frozenset({"oauth1_sha1_only"})
 CORE_SCOPE = "https://purl.imsglobal.org/spec/or/v1p2/scope/roster-core.readonly"
@@ -301,12 +301,12 @@ async def test_outside_server_quirks_scope_filter_and_singular_demographic(
             district_overrides={"scopes": entry["scopes"]},
         )  # fmt: skip
         service = Service(cfg)
-        client = service._client(service.source("outside"))
+        client = service.districts.client("outside")
         try:
             sid = sorted(d.truth_state("demographics"))[0]
             record = await client.fetch_one("demographics", sid)
         finally:
-            await service._close_clients()
+            await service.districts.close()
         assert record is not None
         assert record["sourcedId"] == sid
 

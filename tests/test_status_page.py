@@ -21,8 +21,8 @@ from aiohttp import web
 
 from producer.simulator import DistrictSpec, Simulator
 from producer.status_page import render_fragment, render_page
-from tests.harness import district_entry, write_config_file
-from tests.test_cli import ROOT, free_port
+from tests.harness import district_entry, free_port, write_config_file
+from tests.test_cli import ROOT
 
 T = TypeVar("T")
 SENTINEL = "sentinel-secret-7f3a9c1e55"
