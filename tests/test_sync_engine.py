@@ -203,31 +203,32 @@ async def test_duplicates_in_one_listing_keep_the_first() -> None:
 
 
 async def test_mass_delete_is_held_then_confirmed_once() -> None:
-    """A full listing missing more than the threshold of the stored keys deletes nothing, holds
+    """A full listing missing more than the threshold (and more than ``mass_delete_min``) of the
+    stored keys deletes nothing, holds
     the count in the checkpoint and alerts; confirm_deletes then deletes each once, with its
     tombstone and the reason absent_from_full_sync."""
     source = MemorySource({"orgs": orgs(20)})
     engine = Engine(source)
     await engine.run()
-    gone = source.records["orgs"][:5]
-    del source.records["orgs"][:5]
+    gone = source.records["orgs"][:6]
+    del source.records["orgs"][:6]
 
     held = await engine.run(full=True)
-    assert (held.deleted, held.held_deletes) == (0, 5)
-    assert engine.observer.held == [(DISTRICT, "orgs", 5)]
-    assert engine.cp().held_deletes == 5
+    assert (held.deleted, held.held_deletes) == (0, 6)
+    assert engine.observer.held == [(DISTRICT, "orgs", 6)]
+    assert engine.cp().held_deletes == 6
     assert engine.store.count("orgs", DISTRICT) == 20
 
     before = len(engine.sink.batches)
     confirmed = await engine.run(confirm_deletes=True)
-    assert (confirmed.mode, confirmed.deleted, confirmed.held_deletes) == ("FULL", 5, 0)
+    assert (confirmed.mode, confirmed.deleted, confirmed.held_deletes) == ("FULL", 6, 0)
     deleted = engine.envelopes(before)
     assert sorted(e["sourced_id"] for e in deleted) == sorted(r["sourcedId"] for r in gone)
     assert {e["source"]["delete_reason"] for e in deleted} == {"absent_from_full_sync"}
     tombstones = [r for b in engine.sink.batches[before:] for r in b.events if r.value is None]
-    assert len(tombstones) == 5
+    assert len(tombstones) == 6
     assert engine.cp().held_deletes == 0
-    assert engine.store.count("orgs", DISTRICT) == 15
+    assert engine.store.count("orgs", DISTRICT) == 14
     assert (await engine.run(full=True)).deleted == 0
 
 
@@ -240,6 +241,38 @@ async def test_deletes_under_the_threshold_apply_at_once() -> None:
     result = await engine.run(full=True)
     assert (result.deleted, result.held_deletes) == (1, 0)
     assert engine.observer.held == []
+
+
+async def test_deletes_under_the_floor_apply_but_an_emptied_entity_is_held() -> None:
+    """Five of ten keys missing (over the share, not over ``mass_delete_min``) are deleted; an
+    entity whose every key is missing is held however few keys it had."""
+    source = MemorySource({"orgs": orgs(10)})
+    engine = Engine(source)
+    await engine.run()
+    del source.records["orgs"][:5]
+    result = await engine.run(full=True)
+    assert (result.deleted, result.held_deletes) == (5, 0)
+
+    small = MemorySource({"orgs": orgs(2)})
+    emptied = Engine(small)
+    await emptied.run()
+    small.records["orgs"].clear()
+    result = await emptied.run(full=True)
+    assert (result.deleted, result.held_deletes) == (0, 2)
+
+
+async def test_an_empty_list_for_the_delta_filter_switches_to_full_listings() -> None:
+    """A source that answers the delta filter with an empty list (it cannot parse it) is
+    noticed when a filter every record matches returns nothing too: that pass lists in full,
+    catching the change, and so do later ones."""
+    source = MemorySource({"orgs": orgs(3)}, delta_filter="empty")
+    engine = Engine(source)
+    await engine.run()
+    source.records["orgs"][0] = org("org-000", at=T0 + timedelta(minutes=1), name="Renamed")
+    result = await engine.run()
+    assert (result.mode, result.updated) == ("FULL", 1)
+    assert engine.cp().delta_supported is False
+    assert (await engine.run()).mode == "FULL"
 
 
 async def test_a_record_absent_from_the_listing_but_still_served_is_never_deleted() -> None:
