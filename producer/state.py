@@ -32,6 +32,12 @@ CREATE TABLE IF NOT EXISTS records (
     raw      BLOB,
     PRIMARY KEY (entity, district, sid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (
+    listing  TEXT NOT NULL,
+    sid      TEXT NOT NULL,
+    digest   BLOB NOT NULL,
+    PRIMARY KEY (listing, sid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (
     topic     TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -160,6 +166,56 @@ class StateStore:
             ).fetchone()[0]
         )
 
+    # -- the sourcedIds a listing has seen -----------------------------------------------------
+    # A listing's seen keys live on disk, not in a Python set, so a listing of a million
+    # records costs page cache, not memory. ``listing`` is a token unique to one pass.
+
+    def mark_seen(self, listing: str, pairs: Sequence[tuple[str, bytes]]) -> None:
+        """Note that ``listing`` has seen these (sourcedId, digest) pairs; a sourcedId it has
+        seen already keeps its first digest."""
+        if not pairs:
+            return
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO seen (listing, sid, digest) VALUES (?, ?, ?)",
+                [(listing, sid, digest) for sid, digest in pairs],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def seen_digests(self, listing: str, sourced_ids: Sequence[str]) -> dict[str, bytes]:
+        """The digest ``listing`` first saw of each of those sourcedIds it has seen."""
+        db = self.db
+        out: dict[str, bytes] = {}
+        for start in range(0, len(sourced_ids), _CHUNK):
+            chunk = sourced_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT sid, digest FROM seen WHERE listing = ? AND sid IN ({marks})"  # noqa: S608 - only '?' marks are inserted
+            out.update(db.execute(query, (listing, *chunk)))
+        return out
+
+    def unseen(self, listing: str, entity: str, district_id: str) -> Iterator[str]:
+        """The sourcedIds the store holds for a district and entity that ``listing`` has not
+        seen, in sorted order (a full listing's absences)."""
+        cursor = self.db.execute(
+            "SELECT r.sid FROM records AS r WHERE r.entity = ? AND r.district = ? AND NOT EXISTS "
+            "(SELECT 1 FROM seen AS s WHERE s.listing = ? AND s.sid = r.sid) ORDER BY r.sid",
+            (entity, district_id, listing),
+        )
+        for (sid,) in cursor:
+            yield sid
+
+    def forget_seen(self, listing: str | None = None) -> None:
+        """Drop what ``listing`` has seen (its pass is over), or every listing's."""
+        if listing is None:
+            self.db.execute("DELETE FROM seen")
+        else:
+            self.db.execute("DELETE FROM seen WHERE listing = ?", (listing,))
+
     def offsets(self, topic: str) -> dict[int, int]:
         """Next state-topic offset to read, per partition, as applied so far."""
         rows = self.db.execute("SELECT partition, next FROM offsets WHERE topic = ?", (topic,))
@@ -221,4 +277,5 @@ class StateStore:
         db.execute("BEGIN")
         db.execute("DELETE FROM records")
         db.execute("DELETE FROM offsets")
+        db.execute("DELETE FROM seen")
         db.execute("COMMIT")
