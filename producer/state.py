@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS seen (
     digest   BLOB NOT NULL,
     PRIMARY KEY (listing, sid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS offsets (
     topic     TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -48,6 +52,13 @@ CREATE TABLE IF NOT EXISTS offsets (
 
 #: SQLite caps bound parameters per statement; look-ups go in chunks of this many keys.
 _CHUNK: Final = 500
+#: ``meta`` row present while a cold restore runs (cleared, durably, only when it completed).
+_COLD_RESTORE: Final = "cold_restore"
+
+#: A row to upsert: (entity, district, sid, digest, value, raw digest).
+Row = tuple[str, str, str, bytes, bytes, bytes | None]
+#: A key to delete: (entity, district, sid).
+Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,10 @@ class StateStore:
         if self._db is None:
             raise ClientClosed("the state store is closed")
         return self._db
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
 
     def close(self) -> None:
         """Close the file; idempotent."""
@@ -225,9 +240,8 @@ class StateStore:
 
     def apply(self, writes: Iterable[StateWrite], *, topic: str, offsets: dict[int, int]) -> None:
         """Apply writes and record the offsets they reach, in one SQLite transaction."""
-        db = self.db
-        upserts: list[tuple[str, str, str, bytes, bytes, bytes | None]] = []
-        deletes: list[tuple[str, str, str]] = []
+        upserts: list[Row] = []
+        deletes: list[Key] = []
         for w in writes:
             if w.value is None:
                 deletes.append((w.entity, w.district_id, w.sourced_id))
@@ -236,6 +250,15 @@ class StateStore:
                 upserts.append(
                     (w.entity, w.district_id, w.sourced_id, w.digest, w.value, w.raw_digest)
                 )
+        self.apply_rows(upserts, deletes, topic=topic, offsets=offsets)
+
+    def apply_rows(
+        self, upserts: Sequence[Row], deletes: Sequence[Key], *, topic: str, offsets: dict[int, int]
+    ) -> None:
+        """``apply`` of rows already built (the restore builds them straight from the
+        messages): the upserts, then the deletes (so a key must not be in both), and the
+        offsets they reach, in one SQLite transaction."""
+        db = self.db
         db.execute("BEGIN")
         try:
             if upserts:
@@ -270,6 +293,41 @@ class StateStore:
             "UPDATE records SET raw = ? WHERE entity = ? AND district = ? AND sid = ?",
             [(raw, entity, district_id, sid) for sid, raw in pairs],
         )
+
+    # -- cold restore --------------------------------------------------------------------------
+
+    def begin_cold_restore(self) -> None:
+        """The store is about to be rebuilt from zero: mark it (durably) as being rebuilt, then
+        write without syncing (``synchronous=OFF``). The store is a cache of the state topic:
+        if the process or the machine dies before ``end_cold_restore``, the mark is still there
+        and the next start wipes the store and rebuilds it (``cold_restore_interrupted``)."""
+        db = self.db
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES (?, 'running')", (_COLD_RESTORE,)
+        )
+        db.execute("PRAGMA synchronous=OFF")
+
+    def end_cold_restore(self) -> None:
+        """The cold restore completed: make everything it wrote durable (back to
+        ``synchronous=NORMAL``, a checkpoint that syncs the database file), then clear the
+        mark."""
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_checkpoint(FULL)")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("DELETE FROM meta WHERE name = ?", (_COLD_RESTORE,))
+        db.execute("PRAGMA synchronous=NORMAL")
+
+    def abandon_cold_restore(self) -> None:
+        """The cold restore failed: back to normal durability, the mark left in place (the
+        next restore starts from zero again)."""
+        self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def cold_restore_interrupted(self) -> bool:
+        """Whether a cold restore began and never completed (the store is not to be trusted)."""
+        row = self.db.execute("SELECT 1 FROM meta WHERE name = ?", (_COLD_RESTORE,)).fetchone()
+        return row is not None
 
     def wipe(self) -> None:
         """Forget everything (the state topic was recreated, or a cold restore was asked for)."""
