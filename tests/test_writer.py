@@ -247,6 +247,16 @@ class _CrashingStore(StateStore):
         super().apply_rows(*args, **kwargs)
 
 
+async def _visible(bootstrap: str, topic: str, n: int) -> None:
+    """Wait until ``n`` records of ``topic`` are readable read_committed (a commit returns
+    before its markers reach every partition)."""
+    for _ in range(100):
+        if len(await read_all(bootstrap, topic)) >= n:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{topic} never showed {n} committed records")
+
+
 def _synchronous(store: StateStore) -> int:
     return int(store.db.execute("PRAGMA synchronous").fetchone()[0])
 
@@ -263,6 +273,7 @@ async def test_a_cold_restore_that_dies_midway_is_rebuilt_from_zero(
     await writer.commit(
         Batch(state=[StateWrite("users", "d1", f"u{i}", None, None) for i in range(5)])
     )
+    await _visible(kafka_bootstrap, names.state, 125)
     config = {"bootstrap_servers": kafka_bootstrap}
     path = tmp_path / "cold.sqlite"
     crashing = _CrashingStore(path, crash_at=3)
@@ -286,6 +297,7 @@ async def test_a_cold_restore_that_dies_midway_is_rebuilt_from_zero(
         assert _synchronous(reopened) == 1  # NORMAL again
         # A warm restore over a completed cold one keeps the store and reads only the tail.
         await writer.commit(_batch(names, 3, start=500))
+        await _visible(kafka_bootstrap, names.state, 128)
         warm = await restore_from_kafka(reopened, topic=names.state, consumer_config=config)
         assert (warm.cold, warm.records, reopened.count()) == (False, 3, 118)
     finally:
@@ -303,6 +315,7 @@ async def test_a_key_deleted_and_written_again_in_one_restore_batch_is_kept(
     await writer.commit(Batch(state=[StateWrite("users", "d1", "again", b"d3", b"third")]))
     await writer.commit(Batch(state=[StateWrite("users", "d1", "gone", b"d", b"v")]))
     await writer.commit(Batch(state=[StateWrite("users", "d1", "gone", None, None)]))
+    await _visible(kafka_bootstrap, names.state, 5)
     fresh = StateStore(tmp_path / "again.sqlite")
     try:
         await restore_from_kafka(
