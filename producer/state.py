@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS seen (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
-    value TEXT NOT NULL
+    value NOT NULL
 );
 CREATE TABLE IF NOT EXISTS offsets (
     topic     TEXT NOT NULL,
@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS offsets (
 _CHUNK: Final = 500
 #: ``meta`` row present while a cold restore runs (cleared, durably, only when it completed).
 _COLD_RESTORE: Final = "cold_restore"
+#: ``meta`` row holding the number of keys in ``records``, moved by every write (a count(*)
+#: of a million-key store is a full scan); absent in a store written before it existed.
+_KEYS: Final = "keys"
 
 #: A row to upsert: (entity, district, sid, digest, value, raw digest).
 Row = tuple[str, str, str, bytes, bytes, bytes | None]
@@ -111,6 +114,8 @@ class StateStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
         if "raw" not in columns:  # a store written by 0.1.0 before the raw digest existed
             self._db.execute("ALTER TABLE records ADD COLUMN raw BLOB")
+        if self._db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None:
+            self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES (?, 0)", (_KEYS,))
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -173,7 +178,15 @@ class StateStore:
     def count(self, entity: str | None = None, district_id: str | None = None) -> int:
         """How many keys the store holds, overall or for one district and entity."""
         if entity is None:
-            return int(self.db.execute("SELECT count(*) FROM records").fetchone()[0])
+            row = self.db.execute("SELECT value FROM meta WHERE name = ?", (_KEYS,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            # A store from before the kept count: count once, then keep it.
+            total = int(self.db.execute("SELECT count(*) FROM records").fetchone()[0])
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", (_KEYS, total)
+            )
+            return total
         return int(
             self.db.execute(
                 "SELECT count(*) FROM records WHERE entity = ? AND district = ?",
@@ -257,20 +270,31 @@ class StateStore:
     ) -> None:
         """``apply`` of rows already built (the restore builds them straight from the
         messages): the upserts, then the deletes (so a key must not be in both), and the
-        offsets they reach, in one SQLite transaction."""
+        offsets they reach, in one SQLite transaction. The kept key count moves by the keys
+        inserted (new) less the keys deleted (present)."""
         db = self.db
         db.execute("BEGIN")
         try:
+            moved = 0
             if upserts:
-                db.executemany(
-                    "INSERT OR REPLACE INTO records (entity, district, sid, digest, value, raw) "
+                added = db.executemany(
+                    "INSERT OR IGNORE INTO records (entity, district, sid, digest, value, raw) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     upserts,
-                )
+                ).rowcount
+                if added < len(upserts):  # some keys were there already (or twice here)
+                    db.executemany(
+                        "UPDATE records SET digest = ?, value = ?, raw = ? "
+                        "WHERE entity = ? AND district = ? AND sid = ?",
+                        [(d, v, r, e, di, s) for e, di, s, d, v, r in upserts],
+                    )
+                moved += added
             if deletes:
-                db.executemany(
+                moved -= db.executemany(
                     "DELETE FROM records WHERE entity = ? AND district = ? AND sid = ?", deletes
-                )
+                ).rowcount
+            if moved:
+                db.execute("UPDATE meta SET value = value + ? WHERE name = ?", (moved, _KEYS))
             if offsets:
                 db.executemany(
                     "INSERT INTO offsets (topic, partition, next) VALUES (?, ?, ?) "
@@ -336,4 +360,5 @@ class StateStore:
         db.execute("DELETE FROM records")
         db.execute("DELETE FROM offsets")
         db.execute("DELETE FROM seen")
+        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, 0)", (_KEYS,))
         db.execute("COMMIT")

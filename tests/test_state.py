@@ -65,3 +65,45 @@ def test_marks_survive_a_reopen_until_forgotten(tmp_path: Path) -> None:
     again.forget_seen()
     assert again.seen_digests("L1", ["a"]) == {}
     again.close()
+
+
+def _scan(store: StateStore) -> int:
+    return int(store.db.execute("SELECT count(*) FROM records").fetchone()[0])
+
+
+def test_the_kept_key_count_follows_every_write(tmp_path: Path) -> None:
+    """count() is kept beside the rows (no scan): new keys add one, rewrites and a key written
+    twice in one batch add one at most, deletes of present keys remove one and of absent keys
+    none, a wipe resets it; it equals count(*) after each step, and a store without the kept
+    count (written before it existed) counts once and keeps it from then on."""
+    store = _store(tmp_path)
+    assert store.count() == _scan(store) == 6
+    store.apply(
+        [
+            StateWrite("orgs", "d1", "a", b"new", b"new"),  # present: rewritten
+            StateWrite("orgs", "d1", "e", b"x", b"1"),  # new
+            StateWrite("orgs", "d1", "e", b"y", b"2"),  # the same key again: the last wins
+            StateWrite("orgs", "d1", "b", None, None),  # present: deleted
+            StateWrite("orgs", "d1", "zz", None, None),  # absent: nothing
+        ],
+        topic="t.state",
+        offsets={0: 11},
+    )
+    assert store.count() == _scan(store) == 6
+    assert store.get("orgs", "d1", "e") is not None
+    assert store.get("orgs", "d1", "e").value == b"2"  # type: ignore[union-attr]
+    assert store.get("orgs", "d1", "a").digest == b"new"  # type: ignore[union-attr]
+    store.apply_rows(
+        [("users", "d9", f"u{i}", b"d", b"v", None) for i in range(10)],
+        [("orgs", "d1", "c")],
+        topic="t.state",
+        offsets={0: 22},
+    )
+    assert store.count() == _scan(store) == 15
+    store.db.execute("DELETE FROM meta WHERE name = 'keys'")  # as a store from before
+    assert store.count() == 15
+    store.apply([StateWrite("orgs", "d1", "f", b"x", b"1")], topic="t.state", offsets={0: 23})
+    assert store.count() == _scan(store) == 16
+    store.wipe()
+    assert store.count() == _scan(store) == 0
+    store.close()
