@@ -23,11 +23,12 @@ install: $(STAMP) $(NODE_STAMP)
 check: lint types test
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(wildcard producer tests bench setup.py)
-	$(BIN)/ruff format --check $(wildcard producer tests bench setup.py)
+	$(BIN)/ruff check $(wildcard producer tests bench examples setup.py)
+	$(BIN)/ruff format --check $(wildcard producer tests bench examples setup.py)
 
 types: $(STAMP)
 	$(BIN)/mypy --strict producer
+	$(BIN)/mypy --strict examples/provision
 	$(BIN)/mypy tests
 
 # Uses KAFKA_BOOTSTRAP when set; otherwise the test session starts its own broker (scripts/kafka).

@@ -5,6 +5,7 @@ Python side does. The README's Java snippet is that consumer's code."""
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import shutil
 import subprocess
@@ -13,10 +14,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from fastavro import schemaless_writer
 
+from producer.avro import CHANGE_NAMES, MAGIC, SCHEMA_DIR, read_release
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
-from tests.checker import ENTITIES, read_all, rebuild
+from tests.checker import ENTITIES, Decoder, read_all, rebuild
 from tests.harness import make_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +81,9 @@ async def test_java_consumer_decodes_every_value_like_python(
 ) -> None:
     """After a snapshot and a delta with updates, a tobedeleted record, a hard delete found by a
     full sync and a dead letter, the Java consumer decodes every value of every topic with the
-    generic and the generated API, and its event ids, ops and counts equal the Python side's."""
+    generic and the generated API, and its event ids, ops and counts equal the Python side's.
+    The same events written with schema 0.1.0 (as a 0.1.0 producer wrote them) decode into the
+    0.2.0 classes too, through the aliases (e.g. an enrollment's `class` as `schoolClass`)."""
     config = make_config(sim, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path)
     j12 = sim.district("j12")
     async with Service(config) as service:
@@ -108,8 +115,17 @@ async def test_java_consumer_decodes_every_value_like_python(
         expected_counts[topic] = (values, len(records) - values)
     assert expected_counts[f"{unique_prefix}.deadletter"][0] >= 1
 
+    legacy = f"{unique_prefix}-v010"
+    await _copy_as_0_1_0(kafka_bootstrap, unique_prefix, legacy)
+    expected_events.update(
+        (topic.replace(unique_prefix, legacy, 1), event_id, op)
+        for topic, event_id, op in list(expected_events)
+    )
+    for entity in ENTITIES:
+        expected_counts[f"{legacy}.{entity}"] = expected_counts[f"{unique_prefix}.{entity}"]
+
     done = await asyncio.to_thread(
-        _mvn, "exec:java", f"-Dexec.args={kafka_bootstrap} {unique_prefix}"
+        _mvn, "exec:java", f"-Dexec.args={kafka_bootstrap} {unique_prefix} {legacy}"
     )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     events: Counter[tuple[str, str, str]] = Counter()
@@ -125,6 +141,40 @@ async def test_java_consumer_decodes_every_value_like_python(
             counts[topic] = (int(rest[0]), int(rest[1]))
     assert events == expected_events
     assert counts == expected_counts
+
+
+async def _copy_as_0_1_0(bootstrap: str, prefix: str, legacy: str) -> None:
+    """Copy every event topic of ``prefix`` to ``legacy``, each value re-encoded with the
+    released 0.1.0 schema (namespace ``org.oneroster.cdc``, enrollment field ``class``)."""
+    decoder = await Decoder.from_topic(bootstrap, prefix)
+    released = read_release(SCHEMA_DIR / "history" / "0.1.0")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{legacy}.{e}", 1, 1) for e in ENTITIES])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for entity in ENTITIES:
+            old = released[CHANGE_NAMES[entity].replace("oneroster.cdc.", "org.oneroster.cdc.")]
+            for key, value, headers in await read_all(bootstrap, f"{prefix}.{entity}"):
+                copy, copy_headers = value, headers
+                if value is not None:
+                    env = decoder.decode(value)
+                    for image in ("before", "after"):
+                        if env[image] is not None and "schoolClass" in env[image]:
+                            env[image]["class"] = env[image].pop("schoolClass")
+                    body = io.BytesIO()
+                    schemaless_writer(body, old.parsed, env)
+                    copy = MAGIC + old.fingerprint + body.getvalue()
+                    copy_headers = {**headers, "schema": old.name.encode()}
+                await producer.send_and_wait(
+                    f"{legacy}.{entity}", copy, key=key, headers=list(copy_headers.items())
+                )
+    finally:
+        await producer.stop()
 
 
 def _readme_java_block() -> str:

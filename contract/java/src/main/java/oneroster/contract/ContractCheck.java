@@ -37,13 +37,14 @@ import org.apache.kafka.common.serialization.StringDeserializer;
 /**
  * A Java consumer of a real sync's topics, as a JVM team would write one.
  *
- * <p>Usage: {@code ContractCheck <bootstrap> <prefix>}. Reads {@code <prefix>.schemas} into a
+ * <p>Usage: {@code ContractCheck <bootstrap> <prefix> [<legacy prefix>]}. Reads {@code <prefix>.schemas} into a
  * {@link SchemaStore}, then every value of every event topic and of the state, checkpoints and
  * dead-letter topics with {@code isolation.level=read_committed}, and decodes each one twice:
  * with the generic API and with the classes avro-maven-plugin generated from {@code schemas/}.
  * Prints one line per event ({@code EVENT <topic> <event_id> <op>}) and per topic ({@code COUNT
  * <topic> <values> <tombstones>}); any disagreement between the two decodings, a missing header
- * or a fingerprint key that is not the wire's bytes exits 1.
+ * or a fingerprint key that is not the wire's bytes exits 1. With a legacy prefix, its event
+ * topics (values written with schema 0.1.0) are decoded the same way, into the 0.2.0 classes.
  */
 public final class ContractCheck {
   private ContractCheck() {}
@@ -125,8 +126,8 @@ public final class ContractCheck {
   }
 
   public static void main(String[] args) throws Exception {
-    if (args.length != 2) {
-      System.err.println("usage: ContractCheck <bootstrap> <prefix>");
+    if (args.length < 2 || args.length > 3) {
+      System.err.println("usage: ContractCheck <bootstrap> <prefix> [<prefix of 0.1.0 copies>]");
       System.exit(2);
     }
     String prefix = args[1];
@@ -138,6 +139,11 @@ public final class ContractCheck {
       }
       for (String topic : List.of(".state", ".checkpoints", ".deadletter")) {
         byHeader(consumer, store, prefix + topic);
+      }
+      if (args.length == 3) { // events written with schema 0.1.0: resolved through the aliases
+        for (Map.Entry<String, EventType<?>> e : EVENTS.entrySet()) {
+          events(consumer, store, args[2] + "." + e.getKey(), e.getValue());
+        }
       }
     } catch (IllegalStateException e) {
       System.err.println("contract check failed: " + e.getMessage());
@@ -158,7 +164,9 @@ public final class ContractCheck {
       }
       values++;
       T event = decodeBothWays(r.value(), type.reader(), type.decoder(), store);
-      check(type.reader().getFullName().equals(header(r, "schema")), topic + ": schema header");
+      String named = header(r, "schema"); // the current full name, or a former one (an alias)
+      check(type.reader().getFullName().equals(named) || type.reader().getAliases().contains(named),
+          topic + ": schema header " + named);
       Op op = (Op) event.get("op");
       check(op.name().equals(header(r, "op")), topic + ": op header");
       if (event instanceof EnrollmentChange enrollment && enrollment.getAfter() != null) {
