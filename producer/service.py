@@ -122,6 +122,8 @@ class Service:
         )
         await self._writer.start()
         self._stack.push_async_callback(self._writer.close)
+        # This instance now owns the store: listings a crashed predecessor left open are over.
+        self._store.forget_seen()
         # 3.
         stats = await restore_from_kafka(
             self._store, topic=self.topics.state, consumer_config=consumer_cfg

@@ -100,6 +100,60 @@ class EntityResult:
     cursor: str | None = None
 
 
+class _Seen:
+    """The sourcedIds one listing has seen, each with the digest it was first seen with
+    (duplicates, absences). The current page's are in a dict; earlier pages' are in the state
+    store (``StateStore.mark_seen``), so a listing of a million records holds one page in
+    memory, not a million keys."""
+
+    __slots__ = ("_known", "_page", "_prefetched", "_store", "_stored", "listing")
+
+    def __init__(self, store: StateReader) -> None:
+        self._store = store
+        self.listing = uuid.uuid4().hex  # unique to this pass: a retried pass starts afresh
+        self._page: dict[str, bytes] = {}
+        self._known: dict[str, bytes] = {}
+        self._prefetched: set[str] = set()
+        self._stored = False  # whether any page was written to the store
+
+    def prefetch(self, sourced_ids: Sequence[str]) -> None:
+        """Look up, in one query, which of a page's sourcedIds earlier pages saw."""
+        if self._stored and sourced_ids:
+            self._known = self._store.seen_digests(self.listing, sourced_ids)
+            self._prefetched = set(sourced_ids)
+
+    def get(self, sid: str) -> bytes | None:
+        """The digest ``sid`` was first seen with in this listing, or None."""
+        found = self._page.get(sid)
+        if found is not None or not self._stored:
+            return found
+        if sid in self._prefetched:
+            return self._known.get(sid)
+        return self._store.seen_digests(self.listing, [sid]).get(sid)
+
+    def add(self, sid: str, digest: bytes) -> None:
+        """Note a sourcedId seen for the first time."""
+        self._page[sid] = digest
+
+    def flush(self) -> None:
+        """The page is done: its sourcedIds go to the store."""
+        if self._page:
+            self._store.mark_seen(self.listing, list(self._page.items()))
+            self._stored = True
+        self._page, self._known, self._prefetched = {}, {}, set()
+
+    def unseen(self, entity: Entity, district_id: str) -> list[str]:
+        """The store's sourcedIds of a district and entity this listing has not seen."""
+        self.flush()
+        return list(self._store.unseen(self.listing, entity, district_id))
+
+    def close(self) -> None:
+        """The pass is over: forget what it saw."""
+        if self._stored:
+            self._store.forget_seen(self.listing)
+            self._stored = False
+
+
 @dataclass(slots=True)
 class _Pass:
     """Mutable state of one entity pass."""
@@ -107,10 +161,10 @@ class _Pass:
     result: EntityResult
     since: datetime | None
     cursor: datetime | None
+    #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
+    seen: _Seen
     batch: Batch = field(default_factory=Batch)
     pending: int = 0
-    #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
-    seen: dict[str, bytes] = field(default_factory=dict)
     #: The checkpoint as last committed in this pass (or before it): progress counters advance
     #: with every batch, the cursor only with the last.
     cp: Checkpoint | None = None
@@ -258,20 +312,24 @@ class DistrictSync:
             EntityResult(self.district_id, entity, mode, sync_id),
             since,
             cursor,
+            _Seen(self._store),
             ceiling=ceiling,
             cp=cp,
             keys=self._store.count(entity, self.district_id),
         )
-        listing = self._source.listing(entity, since=since)
-        async for page in listing:
-            await self._page(entity, page, state, mode)
-        if not listing.complete:
-            raise ListingIncomplete(
-                f"{entity} listing of district {self.district_id!r} is incomplete: "
-                f"{listing.incomplete_reason}; its cursor stays at {cp.cursor}"
-            )
-        if mode == "FULL":
-            await self._absent(entity, state, cp, confirm_deletes)
+        try:
+            listing = self._source.listing(entity, since=since)
+            async for page in listing:
+                await self._page(entity, page, state, mode)
+            if not listing.complete:
+                raise ListingIncomplete(
+                    f"{entity} listing of district {self.district_id!r} is incomplete: "
+                    f"{listing.incomplete_reason}; its cursor stays at {cp.cursor}"
+                )
+            if mode == "FULL":
+                await self._absent(entity, state, cp, confirm_deletes)
+        finally:
+            state.seen.close()
         if mode == "DELTA" and listing.filter_ignored:
             log.warning("sync.delta_filter_ignored", since=str(since), fallback="FULL from now on")
             cp = cp.replace(delta_supported=False)
@@ -290,9 +348,9 @@ class DistrictSync:
         if self._privacy.active:  # [privacy]: before anything reads, digests or keeps a record
             records = [self._privacy.apply(entity, raw) for raw in records]
         sids = [raw.get("sourcedId") if type(raw) is dict else None for raw in records]
-        priors = self._store.digests(
-            entity, self.district_id, [sid for sid in sids if isinstance(sid, str)]
-        )
+        keys = [sid for sid in sids if isinstance(sid, str)]
+        priors = self._store.digests(entity, self.district_id, keys)
+        state.seen.prefetch(keys)
         received: list[tuple[CanonicalRecord, bytes | None]] = []
         touched: list[tuple[str, bytes]] = []
         for raw, sid in zip(records, sids, strict=True):
@@ -303,12 +361,12 @@ class DistrictSync:
                 and stored is not None
                 and stored.raw_digest == raw_digest
                 and isinstance(sid, str)
-                and sid not in state.seen
+                and state.seen.get(sid) is None
             ):
                 text = raw.get("dateLastModified")
                 moment = parse_timestamp(text) if isinstance(text, str) else None
                 if moment is not None:
-                    state.seen[sid] = stored.digest
+                    state.seen.add(sid, stored.digest)
                     self._observe_date(state, sid, moment, mode)
                     continue
             outcome = normalise(entity, self.district_id, raw)
@@ -320,6 +378,7 @@ class DistrictSync:
             self._record(record, priors, state, mode, raw_digest=raw_digest, touched=touched)
             if state.pending >= self._settings.batch_size:
                 await self._flush(state)
+        state.seen.flush()
         self._store.remember_raw_digests(entity, self.district_id, touched)
 
     def _observe_date(self, state: _Pass, sid: str, moment: datetime, mode: SyncMode) -> None:
@@ -363,7 +422,7 @@ class DistrictSync:
                     ),
                 )
             return
-        state.seen[sid] = new_digest
+        state.seen.add(sid, new_digest)
         self._observe_date(state, sid, record.date_last_modified, mode)
         stored = priors.get(sid)
         if stored is not None and stored.digest == new_digest:
@@ -461,9 +520,7 @@ class DistrictSync:
         # Commit what the listing brought first, so the store reflects it.
         await self._flush(state)
         total = state.keys
-        missing = [
-            s for s in self._store.sourced_ids(entity, self.district_id) if s not in state.seen
-        ]
+        missing = state.seen.unseen(entity, self.district_id)
         if not missing:
             return
         if not confirm_deletes and self._mass_delete(len(missing), total):
@@ -503,8 +560,10 @@ class DistrictSync:
                 change = differ.absent(entity, self.district_id, sid, (prior.digest, data))
                 self._emit(state, change, "FULL", body)
             known = self._store.digests(entity, self.district_id, [r.sourced_id for r in present])
+            state.seen.prefetch([r.sourced_id for r in present])
             for record in present:
                 self._record(record, known, state, "FULL")
+            state.seen.flush()
             await self._flush(state)
 
     def _mass_delete(self, missing: int, total: int) -> bool:

@@ -96,6 +96,11 @@ class Engine:
         return [decode(r) for r in self.sink.deadletters]
 
 
+def seen_rows(store: StateStore) -> int:
+    """Seen-key marks left in the store (a finished pass leaves none)."""
+    return int(store.db.execute("SELECT count(*) FROM seen").fetchone()[0])
+
+
 def decode(record: OutRecord) -> dict[str, Any]:
     assert record.value is not None
     return dict(SCHEMAS.decode(record.value).value)
@@ -181,16 +186,18 @@ async def test_a_dead_letter_keeps_at_most_max_raw_bytes_of_the_record(
     assert letter["reason"].endswith("(raw cut from 235 to 50 bytes)")
 
 
-async def test_duplicates_in_one_listing_keep_the_first() -> None:
+@pytest.mark.parametrize("page_size", [1, 2, 10])
+async def test_duplicates_in_one_listing_keep_the_first(page_size: int) -> None:
     """A sourcedId listed twice with different content: the first is kept, the second is a dead
-    letter; listed twice identically: one event and no dead letter."""
+    letter; listed twice identically: one event and no dead letter. Whether the twins share a
+    page (held in memory) or not (the earlier page's keys are in the store)."""
     records = [
         org("dup", name="First"),
         org("same"),
         org("dup", name="Second"),
         org("same"),
     ]
-    engine = Engine(MemorySource({"orgs": records}, page_size=1))
+    engine = Engine(MemorySource({"orgs": records}, page_size=page_size))
     result = await engine.run()
     assert (result.created, result.rejected) == (2, 1)
     assert {e["sourced_id"]: e["after"]["name"] for e in engine.envelopes()} == {
@@ -200,14 +207,17 @@ async def test_duplicates_in_one_listing_keep_the_first() -> None:
     (letter,) = engine.letters()
     assert "appears twice in one listing with different content" in letter["reason"]
     assert orjson.loads(letter["raw"])["name"] == "Second"
+    assert seen_rows(engine.store) == 0
 
 
-async def test_mass_delete_is_held_then_confirmed_once() -> None:
+@pytest.mark.parametrize("page_size", [3, 1000])
+async def test_mass_delete_is_held_then_confirmed_once(page_size: int) -> None:
     """A full listing missing more than the threshold (and more than ``mass_delete_min``) of the
     stored keys deletes nothing, holds
     the count in the checkpoint and alerts; confirm_deletes then deletes each once, with its
-    tombstone and the reason absent_from_full_sync."""
-    source = MemorySource({"orgs": orgs(20)})
+    tombstone and the reason absent_from_full_sync. The listing's seen keys go through the store
+    (pages of 3) or stay in one page; either way none is left behind."""
+    source = MemorySource({"orgs": orgs(20)}, page_size=page_size)
     engine = Engine(source)
     await engine.run()
     gone = source.records["orgs"][:6]
@@ -230,6 +240,7 @@ async def test_mass_delete_is_held_then_confirmed_once() -> None:
     assert engine.cp().held_deletes == 0
     assert engine.store.count("orgs", DISTRICT) == 14
     assert (await engine.run(full=True)).deleted == 0
+    assert seen_rows(engine.store) == 0
 
 
 async def test_deletes_under_the_threshold_apply_at_once() -> None:

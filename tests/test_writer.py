@@ -230,3 +230,99 @@ async def test_restore_wipes_a_store_ahead_of_a_recreated_topic(
         assert store.count() == 0
     finally:
         store.close()
+
+
+class _CrashingStore(StateStore):
+    """A store whose process "dies" (an exception out of the restore) on its nth apply."""
+
+    def __init__(self, path: Path, *, crash_at: int) -> None:
+        super().__init__(path)
+        self.calls = 0
+        self.crash_at = crash_at
+
+    def apply_rows(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("simulated crash mid-restore")
+        super().apply_rows(*args, **kwargs)
+
+
+async def _visible(bootstrap: str, topic: str, n: int) -> None:
+    """Wait until ``n`` records of ``topic`` are readable read_committed (a commit returns
+    before its markers reach every partition)."""
+    for _ in range(100):
+        if len(await read_all(bootstrap, topic)) >= n:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{topic} never showed {n} committed records")
+
+
+def _synchronous(store: StateStore) -> int:
+    return int(store.db.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_a_cold_restore_that_dies_midway_is_rebuilt_from_zero(
+    env, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A cold restore writes unsynced under a mark; one that dies after applying part of the
+    topic leaves the mark on disk, so the next start distrusts the partial store, wipes it and
+    restores from zero, ending with every key, no mark and normal durability."""
+    names, store, writer = env
+    for start in (0, 40, 80):
+        await writer.commit(_batch(names, 40, start=start))
+    await writer.commit(
+        Batch(state=[StateWrite("users", "d1", f"u{i}", None, None) for i in range(5)])
+    )
+    await _visible(kafka_bootstrap, names.state, 125)
+    config = {"bootstrap_servers": kafka_bootstrap}
+    path = tmp_path / "cold.sqlite"
+    crashing = _CrashingStore(path, crash_at=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        await restore_from_kafka(
+            crashing, topic=names.state, consumer_config=config, cold_batch_records=10
+        )
+    crashing.close()
+
+    reopened = StateStore(path)
+    try:
+        assert reopened.cold_restore_interrupted()
+        assert 0 < reopened.count() < 115  # part of the topic, with offsets that look valid
+        assert reopened.offsets(names.state)
+        stats = await restore_from_kafka(reopened, topic=names.state, consumer_config=config)
+        assert stats.cold
+        assert stats.records == 125
+        assert list(reopened.sourced_ids("users", "d1")) == list(store.sourced_ids("users", "d1"))
+        assert reopened.count() == 115
+        assert not reopened.cold_restore_interrupted()
+        assert _synchronous(reopened) == 1  # NORMAL again
+        # A warm restore over a completed cold one keeps the store and reads only the tail.
+        await writer.commit(_batch(names, 3, start=500))
+        await _visible(kafka_bootstrap, names.state, 128)
+        warm = await restore_from_kafka(reopened, topic=names.state, consumer_config=config)
+        assert (warm.cold, warm.records, reopened.count()) == (False, 3, 118)
+    finally:
+        reopened.close()
+
+
+async def test_a_key_deleted_and_written_again_in_one_restore_batch_is_kept(
+    env, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Within one restore batch the latest record of a key wins: written, deleted, then
+    written again restores the last value (never the delete)."""
+    names, store, writer = env
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "again", b"d1", b"first")]))
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "again", None, None)]))
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "again", b"d3", b"third")]))
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "gone", b"d", b"v")]))
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "gone", None, None)]))
+    await _visible(kafka_bootstrap, names.state, 5)
+    fresh = StateStore(tmp_path / "again.sqlite")
+    try:
+        await restore_from_kafka(
+            fresh, topic=names.state, consumer_config={"bootstrap_servers": kafka_bootstrap}
+        )
+        assert fresh.get("users", "d1", "again") == store.get("users", "d1", "again")
+        assert fresh.get("users", "d1", "again") is not None
+        assert fresh.get("users", "d1", "gone") is None
+    finally:
+        fresh.close()

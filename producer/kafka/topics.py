@@ -24,6 +24,7 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 from producer.config import KafkaConfig
 from producer.errors import BrokerAuthFailed, BrokerUnavailable, NotAuthorized, TopicMisconfigured
@@ -132,7 +133,7 @@ async def ensure_topics(
     specs = topic_specs(names, settings)
     try:
         await admin.start()
-        existing = set(await admin.list_topics())
+        existing = await _existing(admin, list(specs))
         missing = [n for n in specs if n not in existing]
         if missing:
             replicas = settings.replication_factor
@@ -186,6 +187,15 @@ async def diagnose_authentication(options: dict[str, Any]) -> None:
         except (KafkaError, OSError):
             continue  # not an authentication problem: the caller reports it
         conn.close()
+
+
+async def _existing(admin: AIOKafkaAdminClient, topics: list[str]) -> set[str]:
+    """Which of ``topics`` exist: metadata asked by name, for these topics only (not the whole
+    cluster's), and never creating one (``allow_auto_topic_creation=False``). A topic this
+    principal may not describe counts as missing (its creation then says why)."""
+    request = MetadataRequest(topics, allow_auto_topic_creation=False)
+    response = await admin._send_request(request)
+    return {t["topic"] for t in response.to_object()["topics"] if t["error_code"] == 0}
 
 
 async def _check_compacted(
