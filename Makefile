@@ -23,11 +23,12 @@ install: $(STAMP) $(NODE_STAMP)
 check: lint types test
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(wildcard producer tests bench)
-	$(BIN)/ruff format --check $(wildcard producer tests bench)
+	$(BIN)/ruff check $(wildcard producer tests bench examples)
+	$(BIN)/ruff format --check $(wildcard producer tests bench examples)
 
 types: $(STAMP)
 	$(BIN)/mypy --strict producer
+	$(BIN)/mypy --strict examples/provision
 
 # Uses KAFKA_BOOTSTRAP when set; otherwise the test session starts its own broker (scripts/kafka).
 # tests/test_java_contract.py runs Maven (contract/java); a cold ~/.m2 costs about a minute.

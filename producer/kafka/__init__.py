@@ -4,6 +4,8 @@
 - ``topics``: topic names, their configs, creating missing topics.
 - ``writer``: the transactional writer (one transaction per ``events.Batch``).
 - ``reader``: reading topics back (read_committed, to the end or following).
+- ``group``: reading event topics for an application, committing offsets for its group (the
+  consumer kit ``producer.consume`` reads through it).
 - ``statetopic``: the ``<prefix>.state`` record format (key, headers; encode and decode).
 - ``restore``: the state store and the checkpoints read back at start.
 - ``probe``: does the broker answer (readiness, ``demo``).
