@@ -4,8 +4,8 @@
 #   docker build -t oneroster-cdc:local .
 #   docker run --rm -v "$PWD/config:/app/config:ro" oneroster-cdc:local check-config
 #
-# The package is installed from the source tree in /app (editable), because the Avro schemas are
-# read from /app/schemas next to the package.
+# The package is installed as a wheel built from the source tree (the Avro schemas ship inside
+# it, as producer/schemas).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -27,8 +27,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY producer ./producer
 COPY schemas ./schemas
-RUN pip install --editable . \
- && python -c "import producer.cli"
+COPY setup.py ./
+RUN pip install . \
+ && rm -rf /app/producer /app/schemas /app/setup.py /app/build \
+ && python -c "from producer.avro import Schemas; Schemas.load(); import producer.cli"
 COPY config ./config
 
 USER cdc

@@ -8,7 +8,7 @@ NODE_STAMP := contract/asyncapi/node_modules/.installed
 
 .PHONY: check install lint types test kafka kafka-stop demo bench docs clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
@@ -23,12 +23,13 @@ install: $(STAMP) $(NODE_STAMP)
 check: lint types test
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(wildcard producer tests bench examples)
-	$(BIN)/ruff format --check $(wildcard producer tests bench examples)
+	$(BIN)/ruff check $(wildcard producer tests bench examples setup.py)
+	$(BIN)/ruff format --check $(wildcard producer tests bench examples setup.py)
 
 types: $(STAMP)
 	$(BIN)/mypy --strict producer
 	$(BIN)/mypy --strict examples/provision
+	$(BIN)/mypy tests
 
 # Uses KAFKA_BOOTSTRAP when set; otherwise the test session starts its own broker (scripts/kafka).
 # tests/test_java_contract.py runs Maven (contract/java); a cold ~/.m2 costs about a minute.

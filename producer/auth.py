@@ -22,14 +22,14 @@ import yarl
 from oauthlib import oauth1
 
 from producer import errors
-from producer.envelope import describe_body
 from producer.model import Secret
+from producer.protocols import SecondsClock
+from producer.responses import describe_body
 
 log = structlog.get_logger(__name__)
 
 SignatureMethod = Literal["HMAC-SHA256", "HMAC-SHA1"]
 CredentialsIn = Literal["basic", "body"]
-Clock = Callable[[], float]
 
 
 @runtime_checkable
@@ -69,7 +69,7 @@ class OAuth2ClientCredentials:
         credentials_in: CredentialsIn = "basic",
         refresh_margin: float = 60.0,
         request_timeout: float = 30.0,
-        clock: Clock = time.monotonic,
+        clock: SecondsClock = time.monotonic,
     ) -> None:
         if credentials_in not in ("basic", "body"):
             raise ValueError(f"credentials_in must be 'basic' or 'body', not {credentials_in!r}")

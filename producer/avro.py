@@ -7,9 +7,11 @@ store; any reader resolves the fingerprint through the ``<prefix>.schemas`` topi
 are the self-contained schema JSON (``Schemas.published()``). Every message also carries headers
 naming its schema (``headers()``).
 
-Schemas live in ``schemas/*.avsc``: one named type per file (``<Name>.avsc``), full names in
-``oneroster.cdc`` (no field is named ``oneroster``, so the package root of generated JVM code is
-never shadowed), referenced by full name across files. ``Schemas.load`` parses them once
+Schemas live in ``schemas/*.avsc`` (the repository's source of truth, shipped inside the package
+as ``producer/schemas/``; ``SCHEMA_DIR`` finds either): one named type per file
+(``<Name>.avsc``), full names in ``oneroster.cdc`` (no field is named ``oneroster``, so the
+package root of generated JVM code is never shadowed), referenced by full name across files.
+``Schemas.load`` parses them once
 and builds, per type, a self-contained schema (each named type defined at its first use).
 ``schemas/history/<version>/`` holds released copies; their fingerprints decode too, resolved
 into the current schema of the same full name or of the one that lists it in its ``aliases``
@@ -58,7 +60,17 @@ from producer.model import Entity
 
 NAMESPACE: Final = "oneroster.cdc"
 MAGIC: Final = b"\xc3\x01"
-SCHEMA_DIR: Final = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def schema_dir(package: Path) -> Path:
+    """Where the schemas are, for the package at ``package``: ``<package>/schemas`` in an
+    installed wheel (``setup.py`` ships the repository's ``schemas/`` there), else the source
+    tree's ``schemas/`` next to the package (a checkout, an editable install)."""
+    packaged = package / "schemas"
+    return packaged if packaged.is_dir() else package.parent / "schemas"
+
+
+SCHEMA_DIR: Final = schema_dir(Path(__file__).resolve().parent)
 
 #: Short name of each entity's canonical record, and the stem of its change envelope's name
 #: (``<stem>Change``): the class record is ``SchoolClass`` (``Class`` clashes with

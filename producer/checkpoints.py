@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from producer.model import Entity
-from producer.normalise import format_timestamp
+from producer.timestamps import format_timestamp, parse_timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ class Checkpoint:
         """The cursor as an aware UTC datetime."""
         if self.cursor is None:
             return None
-        return datetime.fromisoformat(self.cursor.replace("Z", "+00:00")).astimezone(UTC)
+        return parse_timestamp(self.cursor)
 
     def replace(self, **changes: Any) -> Checkpoint:
         return dataclasses.replace(self, **changes)

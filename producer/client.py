@@ -13,8 +13,8 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any, Final, Literal, Self
 from urllib.parse import quote
 
@@ -25,16 +25,12 @@ from multidict import CIMultiDictProxy
 
 from producer import errors
 from producer.auth import Authenticator
-from producer.filters import (
-    DEFAULT_FORMAT,
-    TimestampFormat,
-    delta_filter,
-    detect_format,
-    encode_query,
-    parse_timestamp,
-)
+from producer.config import DistrictConfig, default
+from producer.filters import delta_filter, encode_query, filter_ignored
 from producer.model import Entity, RawPage, Version
-from producer.retry import Observer, Requester, RetryPolicy, ignore_events, loggable_url
+from producer.protocols import ClientObserver, ListingDone, ignore_events
+from producer.retry import Requester, RetryPolicy, loggable_url
+from producer.timestamps import DEFAULT_FORMAT, TimestampFormat, detect_format, parse_timestamp
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +63,17 @@ def _total(headers: CIMultiDictProxy[str]) -> int | None:
     return value if value >= 0 else None
 
 
+@dataclass(slots=True)
+class ServerTraits:
+    """What the listings of one client have learned of its server (each listing reads and
+    updates it, so the next one starts from what the last one found)."""
+
+    #: Whether the server accepts ``sort=sourcedId``: ``None`` until a first page tells.
+    sorts: bool | None = None
+    #: How it writes ``dateLastModified`` (delta cursors are written the same way).
+    timestamp_format: TimestampFormat | None = None
+
+
 class OneRosterClient:
     """Reads one district's collections. An async context manager; closed clients refuse use.
 
@@ -82,13 +89,13 @@ class OneRosterClient:
         base_url: str,
         version: VersionSetting,
         auth: Authenticator,
-        page_size: int = 1000,
-        concurrency: int = 4,
-        request_timeout: float = 60.0,
+        page_size: int = default(DistrictConfig, "page_size"),
+        concurrency: int = default(DistrictConfig, "concurrency"),
+        request_timeout: float = default(DistrictConfig, "request_timeout"),
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
         session: aiohttp.ClientSession | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        observer: Observer = ignore_events,
+        observer: ClientObserver = ignore_events,
         sort: bool = True,
     ) -> None:
         if version not in ("1.1", "1.2", "auto"):
@@ -113,10 +120,8 @@ class OneRosterClient:
         self._requester: Requester | None = None
         self._closed = False
         self._detect_lock = asyncio.Lock()
-        #: ``None`` until a first page tells whether the server accepts ``sort=sourcedId``.
-        self._sort_ok: bool | None = None if sort else False
-        #: The ``dateLastModified`` format last observed on this server.
-        self.observed_format: TimestampFormat | None = None
+        #: What listings learn of the server, for the listings after them.
+        self.traits = ServerTraits(sorts=None if sort else False)
 
     def __repr__(self) -> str:
         return f"OneRosterClient(district_id={self.district_id!r}, base_url={self._root!r})"
@@ -131,12 +136,7 @@ class OneRosterClient:
             raise errors.ClientClosed(f"client for district {self.district_id!r} is closed")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -228,7 +228,7 @@ class OneRosterClient:
         return dict(record)
 
     def _sort_params(self) -> list[tuple[str, str]]:
-        return [] if self._sort_ok is False else [("sort", "sourcedId"), ("orderBy", "asc")]
+        return [] if self.traits.sorts is False else [("sort", "sourcedId"), ("orderBy", "asc")]
 
 
 class Listing:
@@ -298,7 +298,7 @@ class Listing:
                 if isinstance(record, dict):
                     found = detect_format(record.get("dateLastModified"))
                     if found is not None:
-                        self.observed_format = self._client.observed_format = found
+                        self.observed_format = self._client.traits.timestamp_format = found
                         break
         if self._sent_cursor is not None and not self.filter_ignored:
             self._check_filter(records, self._sent_cursor)
@@ -307,21 +307,14 @@ class Listing:
         return RawPage(self.entity, offset, records, self.total)
 
     def _check_filter(self, records: list[Any], cursor: datetime) -> None:
-        for record in records:
-            if not isinstance(record, dict):
-                continue
-            modified = parse_timestamp(record.get("dateLastModified"))
-            if modified is None:
-                continue
-            if modified < cursor or (modified == cursor and not self._inclusive):
-                self.filter_ignored = True
-                log.warning(
-                    "source.filter_ignored",
-                    district_id=self._client.district_id,
-                    entity=self.entity,
-                    filter=self._filter,
-                )
-                return
+        if filter_ignored(records, cursor, inclusive=self._inclusive):
+            self.filter_ignored = True
+            log.warning(
+                "source.filter_ignored",
+                district_id=self._client.district_id,
+                entity=self.entity,
+                filter=self._filter,
+            )
 
     async def _fetch(
         self, offset: int, limit: int, *, sort: bool = True
@@ -349,23 +342,23 @@ class Listing:
 
     async def _first(self) -> tuple[list[Any], int | None]:
         client = self._client
-        if client._sort_ok is False:
+        if client.traits.sorts is False:
             return await self._fetch(0, client.page_size)
         try:
             result = await self._fetch(0, client.page_size)
         except errors.BadRequest:
             # Maybe the server refuses `sort`: ask once more without it before blaming the filter.
             result = await self._fetch(0, client.page_size, sort=False)
-            client._sort_ok = False
+            client.traits.sorts = False
             log.info("source.sort_unsupported", district_id=client.district_id, entity=self.entity)
         else:
-            client._sort_ok = True
+            client.traits.sorts = True
         return result
 
     async def _run(self) -> AsyncGenerator[RawPage, None]:
         client = self._client
         if self._since is not None:
-            fmt = self._since_format or client.observed_format or DEFAULT_FORMAT
+            fmt = self._since_format or client.traits.timestamp_format or DEFAULT_FORMAT
             self._filter = delta_filter(self._since, fmt)
             self._sent_cursor = parse_timestamp(fmt.format(self._since))
             self._inclusive = fmt.date_only
@@ -385,15 +378,14 @@ class Listing:
             self.complete = True
         seconds = time.monotonic() - started
         client._observer(
-            "listing.done",
-            {
-                "district_id": client.district_id,
-                "entity": self.entity,
-                "records": self.records,
-                "pages": self.pages,
-                "complete": self.complete,
-                "seconds": seconds,
-            },
+            ListingDone(
+                client.district_id,
+                self.entity,
+                records=self.records,
+                pages=self.pages,
+                complete=self.complete,
+                seconds=seconds,
+            )
         )
         bound.info(
             "source.listing_done",
@@ -492,11 +484,9 @@ class Listing:
 __all__ = [
     "BASE_PATHS",
     "Listing",
-    "Observer",
     "OneRosterClient",
     "Requester",
     "RetryPolicy",
     "VersionSetting",
-    "ignore_events",
     "loggable_url",
 ]

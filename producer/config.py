@@ -376,6 +376,12 @@ class DistrictConfig(_Section):
         return self
 
 
+def default(section: type[BaseModel], key: str) -> Any:
+    """The default of ``[section] key``: written once, in its section's class, and read from
+    there by every component that has a default for it."""
+    return section.model_fields[key].get_default(call_default_factory=True)
+
+
 class ClassLinkConfig(_Section):
     """``[classlink]``: discover districts (tenants) instead of listing them."""
 

@@ -39,6 +39,7 @@ from producer.avro import (
     RECORD_NAMES,
     Schemas,
 )
+from producer.config import KafkaConfig
 from producer.kafka.topics import TopicNames, TopicSettings, topic_specs
 from producer.model import ENTITIES, Entity
 
@@ -166,7 +167,8 @@ TOPICS: Final[tuple[TopicDoc, ...]] = (
 
 def _cleanup_text(topic: TopicDoc) -> str:
     """The cleanup column: the policy the producer creates the topic with."""
-    configs = topic_specs(TopicNames(PREFIX), TopicSettings())[f"{PREFIX}.{topic.suffix}"][1]
+    specs = topic_specs(TopicNames(PREFIX), TopicSettings.from_config(KafkaConfig()))
+    configs = specs[f"{PREFIX}.{topic.suffix}"][1]
     text = configs["cleanup.policy"]
     if "retention.ms" in configs:
         text += ", retention `kafka.event_retention` (default forever: replay is a use case)"
@@ -277,7 +279,7 @@ def _channel_id(topic: TopicDoc) -> str:
 
 def asyncapi(schemas: Schemas) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of every topic, as plain data."""
-    specs = topic_specs(TopicNames(PREFIX), TopicSettings())
+    specs = topic_specs(TopicNames(PREFIX), TopicSettings.from_config(KafkaConfig()))
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import aiohttp
 import structlog
@@ -29,11 +29,14 @@ from producer.auth import BearerToken
 from producer.client import VersionSetting
 from producer.filters import encode_query
 from producer.model import Secret
-from producer.retry import Observer, Requester, RetryPolicy, ignore_events
+from producer.protocols import ClientObserver, ignore_events
+from producer.retry import Requester, RetryPolicy
 
 log = structlog.get_logger(__name__)
 
 Access = Literal["proxy", "direct"]
+#: Seconds a ClassLink API request may take.
+REQUEST_TIMEOUT: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +137,9 @@ async def discover(
     version: VersionSetting = "1.1",
     page_size: int = 100,
     concurrency: int = 4,
-    request_timeout: float = 30.0,
+    request_timeout: float = REQUEST_TIMEOUT,
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
-    observer: Observer = ignore_events,
+    observer: ClientObserver = ignore_events,
 ) -> list[DiscoveredDistrict]:
     """The usable districts behind ``host`` (ids ``classlink-<tenant_id>``).
 
@@ -198,7 +201,7 @@ def bearer_reader(
     host: str,
     api_key: Secret,
     tenant_id: str,
-    request_timeout: float = 30.0,
+    request_timeout: float = REQUEST_TIMEOUT,
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 -- frozen value object
 ) -> Callable[[], Awaitable[Secret]]:
     """A token source for :class:`BearerToken` that re-reads the tenant's proxy bearer.

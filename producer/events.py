@@ -40,14 +40,15 @@ from producer.avro import headers as schema_headers
 from producer.checkpoints import Checkpoint
 from producer.diff import Change
 from producer.errors import EncodingError
-from producer.kafka.topics import TopicNames
+from producer.kafka.topics import MAX_MESSAGE_BYTES, TopicNames
 from producer.model import Rejection, SyncMode
 from producer.state import StateWrite
 
 Headers = list[tuple[str, bytes]]
 
-#: An event or state value larger than this is dead-lettered instead (topics accept 8 MiB).
-MAX_VALUE_BYTES: Final = 4 * 1024 * 1024
+#: An event or state value larger than this is dead-lettered instead (half of what topics
+#: accept).
+MAX_VALUE_BYTES: Final = MAX_MESSAGE_BYTES // 2
 #: A dead letter carries at most this much of the raw record (the reason says so when cut).
 MAX_RAW_BYTES: Final = 256 * 1024
 #: The header that marks the tombstone following a DELETED event.

@@ -13,124 +13,27 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Final, Literal, get_args
+from datetime import datetime
+from typing import Any, Final, Literal, get_args
 from urllib.parse import quote
 
-Op = Literal["=", "!=", ">", ">=", "<", "<=", "~"]
-OPS: Final[frozenset[str]] = frozenset(get_args(Op))
+from producer.timestamps import (
+    DEFAULT_FORMAT,
+    TimestampFormat,
+    TimestampRangeError,
+    parse_timestamp,
+)
+
+#: A filter operator (not to be confused with ``model.Op``, a change's kind).
+Operator = Literal["=", "!=", ">", ">=", "<", "<=", "~"]
+OPS: Final[frozenset[str]] = frozenset(get_args(Operator))
 Joiner = Literal["AND", "OR"]
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_TIMESTAMP = re.compile(
-    r"(?P<date>\d{4}-\d{2}-\d{2})"
-    r"(?:(?P<sep>[T ])\d{2}:\d{2}:\d{2}(?:\.(?P<frac>\d{1,9}))?"
-    r"(?P<zone>Z|z|[+-]\d{2}:?\d{2})?)?"
-)
 
 
 class FilterError(ValueError):
     """A filter cannot be built from these parts (bad field name, operator or combination)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TimestampFormat:
-    """How a server writes ``dateLastModified``, so cursors can be written the same way.
-
-    ``zone`` is the suffix as the server writes it: ``"Z"``, ``""`` (no zone, read as UTC) or an
-    offset such as ``"+00:00"`` / ``"-0500"`` (the cursor is converted to that offset).
-    """
-
-    date_only: bool = False
-    separator: str = "T"
-    fraction_digits: int = 3
-    zone: str = "Z"
-
-    def format(self, moment: datetime) -> str:
-        """``moment`` in this format; sub-second digits are truncated (never rounded up).
-
-        Truncation moves a cursor earlier, so a ``>`` filter can only include more, never less.
-        A naive ``moment`` is taken as UTC.
-        """
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        try:
-            moment = moment.astimezone(_zone_tz(self.zone))
-        except OverflowError:
-            raise FilterError(
-                f"{moment.isoformat()} is out of range in zone {self.zone!r}"
-            ) from None
-        date = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
-        if self.date_only:
-            return date
-        text = f"{date}{self.separator}{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
-        if self.fraction_digits:
-            micros = f"{moment.microsecond:06d}"
-            text += "." + (micros + "000")[: self.fraction_digits]
-        return text + self.zone
-
-
-#: What to write before any value has been observed: ISO 8601 UTC with milliseconds.
-DEFAULT_FORMAT: Final = TimestampFormat()
-
-
-def _zone_tz(zone: str) -> timezone:
-    if zone in ("", "Z", "z"):
-        return UTC
-    sign = -1 if zone[0] == "-" else 1
-    digits = zone[1:].replace(":", "")
-    offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4]))
-    return timezone(sign * offset)
-
-
-def detect_format(value: object) -> TimestampFormat | None:
-    """The :class:`TimestampFormat` of one observed ``dateLastModified`` value, if it is one."""
-    if not isinstance(value, str):
-        return None
-    match = _TIMESTAMP.fullmatch(value.strip())
-    if match is None:
-        return None
-    if match["sep"] is None:
-        return TimestampFormat(date_only=True, separator="T", fraction_digits=0, zone="")
-    zone = match["zone"] or ""
-    if zone == "z":
-        zone = "Z"
-    if zone not in ("", "Z"):
-        hours, minutes = int(zone[1:3]), int(zone[-2:])
-        if hours > 23 or minutes > 59:
-            return None
-    frac = match["frac"]
-    return TimestampFormat(
-        date_only=False,
-        separator=match["sep"],
-        fraction_digits=len(frac) if frac else 0,
-        zone=zone,
-    )
-
-
-def parse_timestamp(value: object) -> datetime | None:
-    """A lenient reading of a ``dateLastModified`` value as an aware datetime (UTC if no zone).
-
-    Accepts ``T`` or a space, 0-9 fraction digits (cut to microseconds), ``Z``, offsets with or
-    without a colon, and plain dates (midnight). ``None`` when it is not a timestamp.
-    """
-    if not isinstance(value, str):
-        return None
-    match = _TIMESTAMP.fullmatch(value.strip())
-    if match is None:
-        return None
-    text = value.strip()
-    try:
-        if match["sep"] is None:
-            return datetime.fromisoformat(text).replace(tzinfo=UTC)
-        frac = match["frac"]
-        main = text[: match.start("frac") - 1] if frac else text[: match.end("sep") + 8]
-        moment = datetime.fromisoformat(main.replace(" ", "T"))
-        if frac:
-            moment = moment.replace(microsecond=int(frac[:6].ljust(6, "0")))
-        return moment.replace(tzinfo=_zone_tz(match["zone"] or ""))
-    except ValueError:
-        return None
 
 
 def quote_value(value: str) -> str:
@@ -173,7 +76,10 @@ def predicate(
         raise FilterError(f"not a OneRoster field name: {field!r}")
     if op not in OPS:
         raise FilterError(f"unknown filter operator {op!r}; use one of {sorted(OPS)}")
-    text = fmt.format(value) if isinstance(value, datetime) else value
+    try:
+        text = fmt.format(value) if isinstance(value, datetime) else value
+    except TimestampRangeError as exc:
+        raise FilterError(str(exc)) from None
     if not isinstance(text, str):
         raise FilterError(f"filter value must be a string or datetime, not {type(value).__name__}")
     if not text.isascii():
@@ -202,3 +108,18 @@ def encode_component(text: str) -> str:
 def encode_query(params: Iterable[tuple[str, str]]) -> str:
     """A query string (without ``?``) in the order given, each key and value strictly encoded."""
     return "&".join(f"{encode_component(k)}={encode_component(v)}" for k, v in params)
+
+
+def filter_ignored(records: Iterable[Any], cursor: datetime, *, inclusive: bool) -> bool:
+    """True when a delta listing sent with ``dateLastModified>'cursor'`` (``>=`` when
+    ``inclusive``) returned a record that does not pass it: the server ignored the filter.
+    The one place this is decided (the client asks it of every page of a delta listing)."""
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        modified = parse_timestamp(record.get("dateLastModified"))
+        if modified is None:
+            continue
+        if modified < cursor or (modified == cursor and not inclusive):
+            return True
+    return False

@@ -17,7 +17,6 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Final, Protocol, Self
 
 import orjson
@@ -27,11 +26,10 @@ from aiohttp import web
 from producer.config import parse_listen
 from producer.errors import ClientClosed
 from producer.metrics import CONTENT_TYPE, Metrics
+from producer.protocols import SecondsClock, Sleep
 
 log = structlog.get_logger(__name__)
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 #: A named readiness check: returns (or resolves to) whether the condition holds.
 CheckFunction = Callable[[], bool | Awaitable[bool]]
 
@@ -62,7 +60,7 @@ class HealthSource(ReadinessProbe, Protocol):
 class Heartbeat:
     """A cheap liveness record: ``run()`` beats every ``interval``; ``check()`` judges its age."""
 
-    def __init__(self, *, clock: Clock = time.monotonic, max_age: float = 30.0) -> None:
+    def __init__(self, *, clock: SecondsClock = time.monotonic, max_age: float = 30.0) -> None:
         self._clock = clock
         self.max_age = max_age
         self._last = clock()
@@ -214,10 +212,5 @@ class HttpServer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()

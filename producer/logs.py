@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -30,6 +30,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from producer.model import Secret
+from producer.protocols import SecondsClock
 
 LogFormat = Literal["json", "console", "auto"]
 
@@ -195,7 +196,7 @@ class RepeatFilter(logging.Filter):
     line that ends a quiet spell carries ``suppressed=N``, how many repeats were dropped before it.
     """
 
-    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window: float = 10.0, clock: SecondsClock = time.monotonic) -> None:
         super().__init__()
         self._window = window
         self._clock = clock

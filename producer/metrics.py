@@ -7,16 +7,22 @@ never messages or secrets.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from producer.model import Op, SyncMode
+from producer.protocols import ClientEvent, PageFetched, RequestRetried
+from producer.timestamps import parse_timestamp
+
+if TYPE_CHECKING:
+    from producer.sync import EntityResult
+
 #: ``Content-Type`` of ``render()``.
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
-
-Op = Literal["CREATED", "UPDATED", "DELETED"]
-SyncMode = Literal["DELTA", "FULL"]
 
 _Metric = Counter | Gauge | Histogram
 _PAGE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -178,3 +184,38 @@ class Metrics:
     def render(self) -> bytes:
         """Every metric in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+class MetricsObserver:
+    """Feeds the sync engine's results and the source client's events into ``Metrics`` (the
+    engine's ``SyncObserver``; ``client_event`` is a ``ClientObserver``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def pass_done(self, result: EntityResult) -> None:
+        m = self._m
+        d, e = result.district_id, result.entity
+        m.events(d, e, "CREATED", result.created)
+        m.events(d, e, "UPDATED", result.updated)
+        m.events(d, e, "DELETED", result.deleted)
+        m.deadletters(d, e, result.rejected)
+        m.sync(d, e, result.mode, result.seconds)
+        if result.skipped is None:
+            m.last_success(d, e, time.time())
+        if result.cursor is not None:
+            cursor = parse_timestamp(result.cursor)
+            if cursor is not None:
+                m.cursor_lag(d, e, max(0.0, (datetime.now(UTC) - cursor).total_seconds()))
+
+    def mass_delete_held(self, district_id: str, entity: str, count: int) -> None:
+        self._m.mass_delete_held(district_id, entity)
+
+    def client_event(self, event: ClientEvent) -> None:
+        if isinstance(event, RequestRetried):
+            self._m.retry(
+                event.district_id, event.error or (str(event.status) if event.status else "error")
+            )
+        elif isinstance(event, PageFetched):
+            self._m.page(event.district_id, event.latency)
+            self._m.records_fetched(event.district_id, event.entity, event.records)

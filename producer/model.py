@@ -1,6 +1,6 @@
 """Small typed values the pipeline's modules pass to each other.
 
-The boxes of DESIGN.md talk through these, never through each other's internals:
+The boxes of docs/architecture.md talk through these, never through each other's internals:
 source client -> ``RawPage`` -> normaliser -> ``CanonicalRecord`` | ``Rejection`` -> differ ...
 """
 

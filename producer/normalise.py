@@ -4,8 +4,6 @@ Public API::
 
     normalise(entity: Entity, district_id: str, raw: Any) -> CanonicalRecord | Rejection
     denormalise(entity: Entity, data: Mapping[str, Any]) -> dict[str, Any]
-    parse_timestamp(value: str) -> datetime | None
-    format_timestamp(moment: datetime) -> str
     dump_raw(raw: Any) -> bytes                     # JSON bytes of anything, for dead letters
     known_keys(entity: Entity) -> frozenset[str]    # raw keys that are not extensions
     MAX_ID_CHARS, MAX_STRING_CHARS, MAX_ITEMS, MAX_JSON_BYTES
@@ -48,24 +46,19 @@ metadata and extensions inlined); ``normalise(denormalise(x))`` gives ``x`` back
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
 
 from producer.model import RENAMED_FIELDS, CanonicalRecord, Entity, Rejection, Status
+from producer.timestamps import format_timestamp, parse_timestamp
 
 MAX_ID_CHARS: Final = 1024
 MAX_STRING_CHARS: Final = 65_536
 MAX_ITEMS: Final = 10_000
 MAX_JSON_BYTES: Final = 1_048_576
 
-_TS_RE: Final = re.compile(
-    r"\d{4}-\d{2}-\d{2}"
-    r"(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
-)
 _STATUS: Final[Mapping[str, Status]] = {
     "active": "active",
     "tobedeleted": "tobedeleted",
@@ -85,29 +78,6 @@ class _Reject(Exception):
     def at(self, *outer: str) -> _Reject:
         self.path[:0] = outer
         return self
-
-
-def parse_timestamp(value: str) -> datetime | None:
-    """A lenient ISO-8601 timestamp as an aware UTC datetime; None when it cannot be read."""
-    if len(value) > 64:
-        return None
-    text = value.strip()
-    if _TS_RE.fullmatch(text) is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.upper())
-        if moment.tzinfo is None:
-            return moment.replace(tzinfo=UTC)
-        return moment.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
-
-
-def format_timestamp(moment: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.sssZ`` in UTC (naive datetimes are taken as UTC)."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def _kind(value: Any) -> str:

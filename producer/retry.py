@@ -5,14 +5,8 @@ Whether an error is retried is decided by its class attribute ``retriable``
 (``producer.errors``), never by a message. The requester is the network seam: it only talks
 through the ``aiohttp.ClientSession`` it is given.
 
-Observer events (stable names; ``fields`` values are plain str/int/float/bool):
-
-==================  ==============================================================
-``request.retry``   ``district_id, entity, attempt, delay, error, status``
-``request.reauth``  ``district_id, entity``: a 401 led to one re-authentication
-``page.fetched``    ``district_id, entity, offset, records, latency``
-``listing.done``    ``district_id, entity, records, pages, complete, seconds``
-==================  ==============================================================
+Observer events are the typed values of ``producer.protocols`` (``RequestRetried``,
+``Reauthenticated``, ``PageFetched``; the client adds ``ListingDone``).
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -34,11 +28,18 @@ from multidict import CIMultiDictProxy
 
 from producer import errors
 from producer.auth import Authenticator
-from producer.envelope import ServerStatus, describe_body, error_for, records_of
+from producer.config import DistrictConfig, default
+from producer.protocols import (
+    ClientObserver,
+    PageFetched,
+    Reauthenticated,
+    RequestRetried,
+    ignore_events,
+)
+from producer.responses import ServerStatus, describe_body, error_for, records_of
 
 log = structlog.get_logger(__name__)
 
-Observer = Callable[[str, Mapping[str, object]], None]
 _SECRET_PARAMS: Final = ("oauth_", "access_token", "client_secret")
 
 
@@ -52,10 +53,16 @@ class RetryPolicy:
     ``max_retry_after`` seconds: the sleep is never shorter than what the server asked for.
     """
 
-    attempts: int = 6
+    #: Every try, the first included: ``[districts] max_retries`` + 1.
+    attempts: int = default(DistrictConfig, "max_retries") + 1
     base_delay: float = 0.5
     max_delay: float = 30.0
     max_retry_after: float = 120.0
+
+    @classmethod
+    def for_district(cls, cfg: DistrictConfig) -> RetryPolicy:
+        """The policy of a district: ``max_retries`` retries after the first try."""
+        return cls(attempts=cfg.max_retries + 1)
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -111,10 +118,6 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - reference).total_seconds())
 
 
-def ignore_events(event: str, fields: Mapping[str, object]) -> None:
-    """The default observer: drops every event."""
-
-
 def loggable_url(url: yarl.URL) -> str:
     """``url`` without credentials or OAuth parameters, safe for logs and error messages."""
     query = [(k, v) for k, v in url.query.items() if not k.lower().startswith(_SECRET_PARAMS)]
@@ -137,9 +140,9 @@ class Requester:
         session: aiohttp.ClientSession,
         auth: Authenticator,
         district_id: str,
-        request_timeout: float = 60.0,
+        request_timeout: float = default(DistrictConfig, "request_timeout"),
         retry: RetryPolicy = RetryPolicy(),
-        observer: Observer = ignore_events,
+        observer: ClientObserver = ignore_events,
     ) -> None:
         self.session = session
         self.auth = auth
@@ -180,7 +183,7 @@ class Requester:
                 if reauthenticated:
                     raise
                 reauthenticated = True
-                self.observer("request.reauth", {"district_id": self.district_id, "entity": entity})
+                self.observer(Reauthenticated(self.district_id, entity))
                 log.info("source.reauthenticate", district_id=self.district_id, entity=entity)
                 await self.auth.invalidate(exc.rejected)
                 continue
@@ -193,15 +196,14 @@ class Requester:
                 if isinstance(exc, errors.RateLimited):
                     self._not_before = max(self._not_before, time.monotonic() + delay)
                 self.observer(
-                    "request.retry",
-                    {
-                        "district_id": self.district_id,
-                        "entity": entity,
-                        "attempt": attempt,
-                        "delay": delay,
-                        "error": type(exc).__name__,
-                        "status": exc.status or 0,
-                    },
+                    RequestRetried(
+                        self.district_id,
+                        entity,
+                        attempt=attempt,
+                        delay=delay,
+                        error=type(exc).__name__,
+                        status=exc.status or 0,
+                    )
                 )
                 log.warning(
                     "source.retry",
@@ -217,14 +219,13 @@ class Requester:
                 await asyncio.sleep(delay)
                 continue
             self.observer(
-                "page.fetched",
-                {
-                    "district_id": self.district_id,
-                    "entity": entity,
-                    "offset": int(url.query.get("offset", "0") or 0),
-                    "records": len(records),
-                    "latency": time.monotonic() - started,
-                },
+                PageFetched(
+                    self.district_id,
+                    entity,
+                    offset=int(url.query.get("offset", "0") or 0),
+                    records=len(records),
+                    latency=time.monotonic() - started,
+                )
             )
             return records, headers
 

@@ -26,20 +26,17 @@ import functools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Protocol, Self
 
 import structlog
 
 from producer.config import SyncConfig
 from producer.metrics import Metrics
+from producer.protocols import SecondsClock, Sleep
 
 log = structlog.get_logger(__name__)
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class DistrictRunner(Protocol):
@@ -96,7 +93,7 @@ class Scheduler:
         *,
         history: FullSyncHistory | None = None,
         metrics: Metrics | None = None,
-        clock: Clock = time.time,
+        clock: SecondsClock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -190,12 +187,7 @@ class Scheduler:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if not self._stopping:
             await self.stop()
 

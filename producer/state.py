@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from producer.errors import ClientClosed
 from producer.private import Policy, private_sqlite, private_umask
@@ -32,6 +32,16 @@ CREATE TABLE IF NOT EXISTS records (
     raw      BLOB,
     PRIMARY KEY (entity, district, sid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (
+    listing  TEXT NOT NULL,
+    sid      TEXT NOT NULL,
+    digest   BLOB NOT NULL,
+    PRIMARY KEY (listing, sid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value NOT NULL
+);
 CREATE TABLE IF NOT EXISTS offsets (
     topic     TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -42,6 +52,16 @@ CREATE TABLE IF NOT EXISTS offsets (
 
 #: SQLite caps bound parameters per statement; look-ups go in chunks of this many keys.
 _CHUNK: Final = 500
+#: ``meta`` row present while a cold restore runs (cleared, durably, only when it completed).
+_COLD_RESTORE: Final = "cold_restore"
+#: ``meta`` row holding the number of keys in ``records``, moved by every write (a count(*)
+#: of a million-key store is a full scan); absent in a store written before it existed.
+_KEYS: Final = "keys"
+
+#: A row to upsert: (entity, district, sid, digest, value, raw digest).
+Row = tuple[str, str, str, bytes, bytes, bytes | None]
+#: A key to delete: (entity, district, sid).
+Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +114,18 @@ class StateStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
         if "raw" not in columns:  # a store written by 0.1.0 before the raw digest existed
             self._db.execute("ALTER TABLE records ADD COLUMN raw BLOB")
+        if self._db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is None:
+            self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES (?, 0)", (_KEYS,))
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             raise ClientClosed("the state store is closed")
         return self._db
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
 
     def close(self) -> None:
         """Close the file; idempotent."""
@@ -113,31 +139,28 @@ class StateStore:
         self, entity: str, district_id: str, sourced_ids: Sequence[str]
     ) -> dict[str, StoredRecord]:
         """The stored records of those sourcedIds that the store has."""
-        out: dict[str, StoredRecord] = {}
-        db = self.db
-        for start in range(0, len(sourced_ids), _CHUNK):
-            chunk = sourced_ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT sid, digest, value, raw FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - the f-string only inserts '?' marks
-            rows = db.execute(query, (entity, district_id, *chunk))
-            for sid, digest, value, raw in rows:
-                out[sid] = StoredRecord(digest, value, raw)
-        return out
+        rows = self._select("sid, digest, value, raw", entity, district_id, sourced_ids)
+        return {sid: StoredRecord(digest, value, raw) for sid, digest, value, raw in rows}
 
     def digests(
         self, entity: str, district_id: str, sourced_ids: Sequence[str]
     ) -> dict[str, StoredDigest]:
         """Digest and raw digest of those sourcedIds that the store has, without the encoded
         records (a re-read compares digests; only a changed record needs its value)."""
-        out: dict[str, StoredDigest] = {}
+        rows = self._select("sid, digest, raw", entity, district_id, sourced_ids)
+        return {sid: StoredDigest(digest, raw) for sid, digest, raw in rows}
+
+    def _select(
+        self, columns: str, entity: str, district_id: str, sourced_ids: Sequence[str]
+    ) -> Iterator[tuple[Any, ...]]:
+        """``columns`` of the rows of those sourcedIds, queried in chunks of ``_CHUNK`` keys
+        (SQLite caps bound parameters per statement)."""
         db = self.db
         for start in range(0, len(sourced_ids), _CHUNK):
             chunk = sourced_ids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT sid, digest, raw FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - the f-string only inserts '?' marks
-            for sid, digest, raw in db.execute(query, (entity, district_id, *chunk)):
-                out[sid] = StoredDigest(digest, raw)
-        return out
+            query = f"SELECT {columns} FROM records WHERE entity = ? AND district = ? AND sid IN ({marks})"  # noqa: S608, E501 - only fixed column names and '?' marks are inserted
+            yield from db.execute(query, (entity, district_id, *chunk))
 
     def get(self, entity: str, district_id: str, sourced_id: str) -> StoredRecord | None:
         """The stored record of one key, if any."""
@@ -155,13 +178,71 @@ class StateStore:
     def count(self, entity: str | None = None, district_id: str | None = None) -> int:
         """How many keys the store holds, overall or for one district and entity."""
         if entity is None:
-            return int(self.db.execute("SELECT count(*) FROM records").fetchone()[0])
+            row = self.db.execute("SELECT value FROM meta WHERE name = ?", (_KEYS,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            # A store from before the kept count: count once, then keep it.
+            total = int(self.db.execute("SELECT count(*) FROM records").fetchone()[0])
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", (_KEYS, total)
+            )
+            return total
         return int(
             self.db.execute(
                 "SELECT count(*) FROM records WHERE entity = ? AND district = ?",
                 (entity, district_id),
             ).fetchone()[0]
         )
+
+    # -- the sourcedIds a listing has seen -----------------------------------------------------
+    # A listing's seen keys live on disk, not in a Python set, so a listing of a million
+    # records costs page cache, not memory. ``listing`` is a token unique to one pass.
+
+    def mark_seen(self, listing: str, pairs: Sequence[tuple[str, bytes]]) -> None:
+        """Note that ``listing`` has seen these (sourcedId, digest) pairs; a sourcedId it has
+        seen already keeps its first digest."""
+        if not pairs:
+            return
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR IGNORE INTO seen (listing, sid, digest) VALUES (?, ?, ?)",
+                [(listing, sid, digest) for sid, digest in pairs],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def seen_digests(self, listing: str, sourced_ids: Sequence[str]) -> dict[str, bytes]:
+        """The digest ``listing`` first saw of each of those sourcedIds it has seen."""
+        db = self.db
+        out: dict[str, bytes] = {}
+        for start in range(0, len(sourced_ids), _CHUNK):
+            chunk = sourced_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT sid, digest FROM seen WHERE listing = ? AND sid IN ({marks})"  # noqa: S608 - only '?' marks are inserted
+            out.update(db.execute(query, (listing, *chunk)))
+        return out
+
+    def unseen(self, listing: str, entity: str, district_id: str) -> Iterator[str]:
+        """The sourcedIds the store holds for a district and entity that ``listing`` has not
+        seen, in sorted order (a full listing's absences)."""
+        cursor = self.db.execute(
+            "SELECT r.sid FROM records AS r WHERE r.entity = ? AND r.district = ? AND NOT EXISTS "
+            "(SELECT 1 FROM seen AS s WHERE s.listing = ? AND s.sid = r.sid) ORDER BY r.sid",
+            (entity, district_id, listing),
+        )
+        for (sid,) in cursor:
+            yield sid
+
+    def forget_seen(self, listing: str | None = None) -> None:
+        """Drop what ``listing`` has seen (its pass is over), or every listing's."""
+        if listing is None:
+            self.db.execute("DELETE FROM seen")
+        else:
+            self.db.execute("DELETE FROM seen WHERE listing = ?", (listing,))
 
     def offsets(self, topic: str) -> dict[int, int]:
         """Next state-topic offset to read, per partition, as applied so far."""
@@ -172,9 +253,8 @@ class StateStore:
 
     def apply(self, writes: Iterable[StateWrite], *, topic: str, offsets: dict[int, int]) -> None:
         """Apply writes and record the offsets they reach, in one SQLite transaction."""
-        db = self.db
-        upserts: list[tuple[str, str, str, bytes, bytes, bytes | None]] = []
-        deletes: list[tuple[str, str, str]] = []
+        upserts: list[Row] = []
+        deletes: list[Key] = []
         for w in writes:
             if w.value is None:
                 deletes.append((w.entity, w.district_id, w.sourced_id))
@@ -183,18 +263,38 @@ class StateStore:
                 upserts.append(
                     (w.entity, w.district_id, w.sourced_id, w.digest, w.value, w.raw_digest)
                 )
+        self.apply_rows(upserts, deletes, topic=topic, offsets=offsets)
+
+    def apply_rows(
+        self, upserts: Sequence[Row], deletes: Sequence[Key], *, topic: str, offsets: dict[int, int]
+    ) -> None:
+        """``apply`` of rows already built (the restore builds them straight from the
+        messages): the upserts, then the deletes (so a key must not be in both), and the
+        offsets they reach, in one SQLite transaction. The kept key count moves by the keys
+        inserted (new) less the keys deleted (present)."""
+        db = self.db
         db.execute("BEGIN")
         try:
+            moved = 0
             if upserts:
-                db.executemany(
-                    "INSERT OR REPLACE INTO records (entity, district, sid, digest, value, raw) "
+                added = db.executemany(
+                    "INSERT OR IGNORE INTO records (entity, district, sid, digest, value, raw) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     upserts,
-                )
+                ).rowcount
+                if added < len(upserts):  # some keys were there already (or twice here)
+                    db.executemany(
+                        "UPDATE records SET digest = ?, value = ?, raw = ? "
+                        "WHERE entity = ? AND district = ? AND sid = ?",
+                        [(d, v, r, e, di, s) for e, di, s, d, v, r in upserts],
+                    )
+                moved += added
             if deletes:
-                db.executemany(
+                moved -= db.executemany(
                     "DELETE FROM records WHERE entity = ? AND district = ? AND sid = ?", deletes
-                )
+                ).rowcount
+            if moved:
+                db.execute("UPDATE meta SET value = value + ? WHERE name = ?", (moved, _KEYS))
             if offsets:
                 db.executemany(
                     "INSERT INTO offsets (topic, partition, next) VALUES (?, ?, ?) "
@@ -218,10 +318,47 @@ class StateStore:
             [(raw, entity, district_id, sid) for sid, raw in pairs],
         )
 
+    # -- cold restore --------------------------------------------------------------------------
+
+    def begin_cold_restore(self) -> None:
+        """The store is about to be rebuilt from zero: mark it (durably) as being rebuilt, then
+        write without syncing (``synchronous=OFF``). The store is a cache of the state topic:
+        if the process or the machine dies before ``end_cold_restore``, the mark is still there
+        and the next start wipes the store and rebuilds it (``cold_restore_interrupted``)."""
+        db = self.db
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES (?, 'running')", (_COLD_RESTORE,)
+        )
+        db.execute("PRAGMA synchronous=OFF")
+
+    def end_cold_restore(self) -> None:
+        """The cold restore completed: make everything it wrote durable (back to
+        ``synchronous=NORMAL``, a checkpoint that syncs the database file), then clear the
+        mark."""
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_checkpoint(FULL)")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("DELETE FROM meta WHERE name = ?", (_COLD_RESTORE,))
+        db.execute("PRAGMA synchronous=NORMAL")
+
+    def abandon_cold_restore(self) -> None:
+        """The cold restore failed: back to normal durability, the mark left in place (the
+        next restore starts from zero again)."""
+        self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def cold_restore_interrupted(self) -> bool:
+        """Whether a cold restore began and never completed (the store is not to be trusted)."""
+        row = self.db.execute("SELECT 1 FROM meta WHERE name = ?", (_COLD_RESTORE,)).fetchone()
+        return row is not None
+
     def wipe(self) -> None:
         """Forget everything (the state topic was recreated, or a cold restore was asked for)."""
         db = self.db
         db.execute("BEGIN")
         db.execute("DELETE FROM records")
         db.execute("DELETE FROM offsets")
+        db.execute("DELETE FROM seen")
+        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, 0)", (_KEYS,))
         db.execute("COMMIT")

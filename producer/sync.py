@@ -23,8 +23,9 @@ enrollments, demographics):
   the entity: then nothing is deleted, the count is held in the checkpoint, an alert is logged
   and counted, until ``confirm-deletes`` runs the pass with the guard lifted.
 - **Filter fallback.** A source that rejects the delta filter (400) is listed in full at once; one
-  that ignores it (returns records older than the filter) is marked ``delta_supported = False``
-  and gets full listings from then on. Both are logged as warnings.
+  that ignores it (its listing says ``filter_ignored``: it returned records the filter excludes,
+  ``filters.filter_ignored``) is marked ``delta_supported = False`` and gets full listings from
+  then on. Both are logged as warnings.
 - **Demographics** answered with 403 (scope not granted) are skipped with a warning.
 - **Privacy.** Every source record passes through the ``[privacy]`` rules (``producer.privacy``)
   as it enters, before its raw digest is taken or it is normalised or dead-lettered.
@@ -36,26 +37,27 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from producer import diff as differ
 from producer.checkpoints import Checkpoint, CheckpointBook, format_cursor
+from producer.config import SyncConfig
 from producer.errors import FilterUnsupported, Forbidden, ListingIncomplete
 from producer.events import Batch, Encoder, SourceInfo
-from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode, Version
-from producer.normalise import dump_raw, normalise, parse_timestamp
+from producer.model import ENTITIES, CanonicalRecord, Entity, RawPage, Rejection, SyncMode
+from producer.normalise import dump_raw, normalise
 from producer.privacy import NO_RULES, PrivacyRules
-from producer.state import StateStore, StateWrite, StoredDigest
+from producer.protocols import Clock, Sink, Source, StateReader, SyncObserver
+from producer.state import StateWrite, StoredDigest
+from producer.timestamps import parse_timestamp
 
 log = structlog.get_logger(__name__)
 
-#: A record older than the delta filter by more than this means the filter was ignored.
-_FILTER_TOLERANCE = timedelta(seconds=1)
 #: A record may be dated this far past the local clock before it stops moving the cursor.
 _FUTURE_ALLOWANCE = timedelta(minutes=10)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -68,57 +70,12 @@ _IDLE_CHECKPOINT_EVERY = timedelta(minutes=10)
 _VERIFY_CONCURRENCY = 4
 
 
-class Listing(Protocol):
-    """What the engine needs of a source listing (``producer.client.Listing``)."""
-
-    complete: bool
-    incomplete_reason: str | None
-
-    def __aiter__(self) -> AsyncIterator[RawPage]: ...
-
-
-class Source(Protocol):
-    """What the engine needs of a source (``producer.client.OneRosterClient``)."""
-
-    @property
-    def version(self) -> Version | None: ...
-
-    async def resolve_version(self) -> Version: ...
-
-    def listing(self, entity: Entity, *, since: datetime | None = None) -> Listing: ...
-
-    async def fetch_one(self, entity: Entity, sourced_id: str) -> dict[str, Any] | None: ...
-
-
-class Sink(Protocol):
-    """Where batches go (``producer.kafka.writer.TransactionalWriter``)."""
-
-    async def commit(self, batch: Batch) -> None: ...
-
-
-class Observer(Protocol):
-    """Counts what a pass did (``producer.metrics.Metrics`` adapts to it)."""
-
-    def pass_done(self, result: EntityResult) -> None: ...
-
-    def mass_delete_held(self, district_id: str, entity: str, count: int) -> None: ...
-
-
 class _NoObserver:
     def pass_done(self, result: EntityResult) -> None:
         pass
 
     def mass_delete_held(self, district_id: str, entity: str, count: int) -> None:
         pass
-
-
-@dataclass(frozen=True, slots=True)
-class SyncSettings:
-    """The ``[sync]`` knobs the engine uses."""
-
-    overlap: float = 300.0
-    mass_delete_threshold: float = 0.10
-    batch_size: int = 1000
 
 
 @dataclass(slots=True)
@@ -140,6 +97,60 @@ class EntityResult:
     cursor: str | None = None
 
 
+class _Seen:
+    """The sourcedIds one listing has seen, each with the digest it was first seen with
+    (duplicates, absences). The current page's are in a dict; earlier pages' are in the state
+    store (``StateStore.mark_seen``), so a listing of a million records holds one page in
+    memory, not a million keys."""
+
+    __slots__ = ("_known", "_page", "_prefetched", "_store", "_stored", "listing")
+
+    def __init__(self, store: StateReader) -> None:
+        self._store = store
+        self.listing = uuid.uuid4().hex  # unique to this pass: a retried pass starts afresh
+        self._page: dict[str, bytes] = {}
+        self._known: dict[str, bytes] = {}
+        self._prefetched: set[str] = set()
+        self._stored = False  # whether any page was written to the store
+
+    def prefetch(self, sourced_ids: Sequence[str]) -> None:
+        """Look up, in one query, which of a page's sourcedIds earlier pages saw."""
+        if self._stored and sourced_ids:
+            self._known = self._store.seen_digests(self.listing, sourced_ids)
+            self._prefetched = set(sourced_ids)
+
+    def get(self, sid: str) -> bytes | None:
+        """The digest ``sid`` was first seen with in this listing, or None."""
+        found = self._page.get(sid)
+        if found is not None or not self._stored:
+            return found
+        if sid in self._prefetched:
+            return self._known.get(sid)
+        return self._store.seen_digests(self.listing, [sid]).get(sid)
+
+    def add(self, sid: str, digest: bytes) -> None:
+        """Note a sourcedId seen for the first time."""
+        self._page[sid] = digest
+
+    def flush(self) -> None:
+        """The page is done: its sourcedIds go to the store."""
+        if self._page:
+            self._store.mark_seen(self.listing, list(self._page.items()))
+            self._stored = True
+        self._page, self._known, self._prefetched = {}, {}, set()
+
+    def unseen(self, entity: Entity, district_id: str) -> list[str]:
+        """The store's sourcedIds of a district and entity this listing has not seen."""
+        self.flush()
+        return list(self._store.unseen(self.listing, entity, district_id))
+
+    def close(self) -> None:
+        """The pass is over: forget what it saw."""
+        if self._stored:
+            self._store.forget_seen(self.listing)
+            self._stored = False
+
+
 @dataclass(slots=True)
 class _Pass:
     """Mutable state of one entity pass."""
@@ -147,11 +158,10 @@ class _Pass:
     result: EntityResult
     since: datetime | None
     cursor: datetime | None
+    #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
+    seen: _Seen
     batch: Batch = field(default_factory=Batch)
     pending: int = 0
-    #: sourcedId -> digest of every record seen in this listing (duplicates, absences).
-    seen: dict[str, bytes] = field(default_factory=dict)
-    filter_ignored: bool = False
     #: The checkpoint as last committed in this pass (or before it): progress counters advance
     #: with every batch, the cursor only with the last.
     cp: Checkpoint | None = None
@@ -162,8 +172,6 @@ class _Pass:
     counted: tuple[int, int, int, int] = (0, 0, 0, 0)
     #: Records dated after this do not move the cursor (see ``_run``).
     ceiling: datetime = field(default_factory=lambda: _LATEST)
-    #: A delta record older than this means the server ignored the filter.
-    ignored_before: datetime | None = None
     future_warned: bool = False
 
 
@@ -176,14 +184,14 @@ class DistrictSync:
         district_id: str,
         source: Source,
         server: str | None,
-        store: StateStore,
+        store: StateReader,
         sink: Sink,
         encoder: Encoder,
         checkpoints: CheckpointBook,
-        settings: SyncSettings,
+        settings: SyncConfig,
         entities: Sequence[Entity] = ENTITIES,
-        observer: Observer | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        observer: SyncObserver | None = None,
+        clock: Clock = lambda: datetime.now(UTC),
         privacy: PrivacyRules = NO_RULES,
     ) -> None:
         self.district_id = district_id
@@ -197,7 +205,7 @@ class DistrictSync:
         self._settings = settings
         self._overlap = timedelta(seconds=settings.overlap)
         self._entities = [e for e in ENTITIES if e in entities]
-        self._observer: Observer = observer or _NoObserver()
+        self._observer: SyncObserver = observer or _NoObserver()
         self._clock = clock
 
     async def sync(
@@ -272,24 +280,25 @@ class DistrictSync:
             EntityResult(self.district_id, entity, mode, sync_id),
             since,
             cursor,
+            _Seen(self._store),
             ceiling=ceiling,
             cp=cp,
             keys=self._store.count(entity, self.district_id),
-            ignored_before=None
-            if since is None
-            else max(since, _EARLIEST + _FILTER_TOLERANCE) - _FILTER_TOLERANCE,
         )
-        listing = self._source.listing(entity, since=since)
-        async for page in listing:
-            await self._page(entity, page, state, mode)
-        if not listing.complete:
-            raise ListingIncomplete(
-                f"{entity} listing of district {self.district_id!r} is incomplete: "
-                f"{listing.incomplete_reason}; its cursor stays at {cp.cursor}"
-            )
-        if mode == "FULL":
-            await self._absent(entity, state, cp, confirm_deletes)
-        if state.filter_ignored:
+        try:
+            listing = self._source.listing(entity, since=since)
+            async for page in listing:
+                await self._page(entity, page, state, mode)
+            if not listing.complete:
+                raise ListingIncomplete(
+                    f"{entity} listing of district {self.district_id!r} is incomplete: "
+                    f"{listing.incomplete_reason}; its cursor stays at {cp.cursor}"
+                )
+            if mode == "FULL":
+                await self._absent(entity, state, cp, confirm_deletes)
+        finally:
+            state.seen.close()
+        if mode == "DELTA" and listing.filter_ignored:
             log.warning("sync.delta_filter_ignored", since=str(since), fallback="FULL from now on")
             cp = cp.replace(delta_supported=False)
         await self._finish(entity, state, cp, mode)
@@ -307,9 +316,9 @@ class DistrictSync:
         if self._privacy.active:  # [privacy]: before anything reads, digests or keeps a record
             records = [self._privacy.apply(entity, raw) for raw in records]
         sids = [raw.get("sourcedId") if type(raw) is dict else None for raw in records]
-        priors = self._store.digests(
-            entity, self.district_id, [sid for sid in sids if isinstance(sid, str)]
-        )
+        keys = [sid for sid in sids if isinstance(sid, str)]
+        priors = self._store.digests(entity, self.district_id, keys)
+        state.seen.prefetch(keys)
         received: list[tuple[CanonicalRecord, bytes | None]] = []
         touched: list[tuple[str, bytes]] = []
         for raw, sid in zip(records, sids, strict=True):
@@ -320,12 +329,12 @@ class DistrictSync:
                 and stored is not None
                 and stored.raw_digest == raw_digest
                 and isinstance(sid, str)
-                and sid not in state.seen
+                and state.seen.get(sid) is None
             ):
                 text = raw.get("dateLastModified")
                 moment = parse_timestamp(text) if isinstance(text, str) else None
                 if moment is not None:
-                    state.seen[sid] = stored.digest
+                    state.seen.add(sid, stored.digest)
                     self._observe_date(state, sid, moment, mode)
                     continue
             outcome = normalise(entity, self.district_id, raw)
@@ -337,10 +346,11 @@ class DistrictSync:
             self._record(record, priors, state, mode, raw_digest=raw_digest, touched=touched)
             if state.pending >= self._settings.batch_size:
                 await self._flush(state)
+        state.seen.flush()
         self._store.remember_raw_digests(entity, self.district_id, touched)
 
     def _observe_date(self, state: _Pass, sid: str, moment: datetime, mode: SyncMode) -> None:
-        """Move the cursor (unless the date is in the future) and notice an ignored filter."""
+        """Move the cursor (unless the date is in the future)."""
         if moment > state.ceiling:
             if not state.future_warned:
                 state.future_warned = True
@@ -352,8 +362,6 @@ class DistrictSync:
                 )
         elif state.cursor is None or moment > state.cursor:
             state.cursor = moment
-        if mode == "DELTA" and state.ignored_before is not None and moment < state.ignored_before:
-            state.filter_ignored = True
 
     def _record(
         self,
@@ -382,7 +390,7 @@ class DistrictSync:
                     ),
                 )
             return
-        state.seen[sid] = new_digest
+        state.seen.add(sid, new_digest)
         self._observe_date(state, sid, record.date_last_modified, mode)
         stored = priors.get(sid)
         if stored is not None and stored.digest == new_digest:
@@ -480,9 +488,7 @@ class DistrictSync:
         # Commit what the listing brought first, so the store reflects it.
         await self._flush(state)
         total = state.keys
-        missing = [
-            s for s in self._store.sourced_ids(entity, self.district_id) if s not in state.seen
-        ]
+        missing = state.seen.unseen(entity, self.district_id)
         if not missing:
             return
         if not confirm_deletes and len(missing) > self._settings.mass_delete_threshold * total:
@@ -521,8 +527,10 @@ class DistrictSync:
                 change = differ.absent(entity, self.district_id, sid, (prior.digest, data))
                 self._emit(state, change, "FULL", body)
             known = self._store.digests(entity, self.district_id, [r.sourced_id for r in present])
+            state.seen.prefetch([r.sourced_id for r in present])
             for record in present:
                 self._record(record, known, state, "FULL")
+            state.seen.flush()
             await self._flush(state)
 
     async def _verify(self, entity: Entity, sourced_ids: Sequence[str]) -> dict[str, Any]:
@@ -560,7 +568,9 @@ class DistrictSync:
         )
 
 
-def _net_new(store: StateStore, entity: str, district_id: str, writes: Sequence[StateWrite]) -> int:
+def _net_new(
+    store: StateReader, entity: str, district_id: str, writes: Sequence[StateWrite]
+) -> int:
     """How the key count changes when ``writes`` are applied: upserts of unknown keys add one,
     deletes of known keys remove one."""
     if not writes:

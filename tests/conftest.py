@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Kafka broker, unique topics, and the CI rule for integration tests.
+"""The tests' shared fixtures: the real Kafka broker, unique topics and prefixes, an HTTP session,
+simulators on loopback, the CI rule for integration tests and the timeouts of long tests.
 
 The broker is a real single-node Apache Kafka (``scripts/kafka``). ``KAFKA_BOOTSTRAP`` points
 the tests at a running one (``.ci/run`` and ``make check`` start it); without it the session
@@ -14,10 +15,16 @@ import struct
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from producer.simulator import DistrictSpec, Simulator
+from tests.oneroster_fake import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka"
@@ -54,7 +61,22 @@ def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
     except OSError:
         return False
     corr, _throttle, nbrokers = struct.unpack(">iii", resp[:12])
-    return corr == 11 and nbrokers >= 1
+    return bool(corr == 11 and nbrokers >= 1)
+
+
+#: The timeout of tests marked integration or slow, or using the broker (unit tests get the
+#: pyproject default); a test's own ``@pytest.mark.timeout`` wins.
+LONG_TIMEOUT = 300
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give long tests their longer timeout."""
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        long = item.get_closest_marker("integration") or item.get_closest_marker("slow")
+        if long or "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -117,6 +139,37 @@ async def topic_factory(
         if created:
             await admin.delete_topics(created)
         await admin.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session, closed afterwards."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeServer]:
+    """The scriptable OneRoster server of the client tests (``tests/oneroster_fake.py``)."""
+    async with FakeServer() as fake:
+        yield fake
+
+
+ServeSimulator = Callable[..., Awaitable[Simulator]]
+
+
+@pytest.fixture
+async def serve_simulator() -> AsyncIterator[ServeSimulator]:
+    """Starts simulators on loopback (``await serve_simulator(specs, **options)``) and stops
+    them afterwards."""
+    async with AsyncExitStack() as stack:
+
+        async def serve(specs: list[DistrictSpec], **options: Any) -> Simulator:
+            simulator = Simulator(specs, **options)
+            await stack.enter_async_context(simulator.serve())
+            return simulator
+
+        yield serve
 
 
 @pytest.fixture

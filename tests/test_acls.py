@@ -217,7 +217,7 @@ async def test_exact_acls_let_the_producer_sync_and_readers_read_only_their_topi
     async with Service(config) as service:
         assert await service.broker_reachable()  # /readyz needs no ACL of its own
         results = await service.sync("acl")
-    created = {r.entity: r.created for r in results}
+    created: dict[str, int] = {r.entity: r.created for r in results}
     assert all(created[e] > 0 for e in ENTITIES), created
     async with Service(config) as service:  # warm restart: restore + checkpoints as producer
         assert service.book.get("acl", "users").record_count == created["users"]

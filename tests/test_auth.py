@@ -18,7 +18,7 @@ from producer import errors
 from producer.auth import Authenticator, BearerToken, OAuth1Signer, OAuth2ClientCredentials
 from producer.filters import encode_query
 from producer.model import Secret
-from tests.test_client import CLIENT_ID, CLIENT_SECRET, FakeServer, oauth1_oracle
+from tests.oneroster_fake import CLIENT_ID, CLIENT_SECRET, FakeServer, oauth1_oracle
 
 GOLDEN_URL = yarl.URL(
     "https://sis.example.org/ims/oneroster/v1p1/users?"
@@ -47,12 +47,6 @@ class Clock:
 async def token_server() -> AsyncIterator[FakeServer]:
     async with FakeServer(auth="oauth2") as fake:
         yield fake
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def oauth2(fake: FakeServer, session: aiohttp.ClientSession, **kw: Any) -> OAuth2ClientCredentials:

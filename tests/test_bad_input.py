@@ -10,9 +10,10 @@ around it exactly once (``tests/checker.py``).
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -25,9 +26,10 @@ from aiohttp import web
 from producer.avro import Schemas
 from producer.config import Config, config_from_mapping
 from producer.errors import EncodingError
-from producer.normalise import parse_timestamp
 from producer.service import Service
-from tests.checker import Decoder, read_all, rebuild
+from producer.sync import EntityResult
+from producer.timestamps import parse_timestamp
+from tests.checker import Decoder, Rebuilt, read_all, rebuild
 
 pytestmark = pytest.mark.integration
 
@@ -338,9 +340,9 @@ class FailingSchemas(Schemas):
         return super().encode_body(name, value)
 
 
-def failing_schemas() -> FailingSchemas:
-    loaded = Schemas.load()
-    return FailingSchemas(loaded._by_name, loaded._by_fp, loaded._splices)
+def failing_schemas() -> Schemas:
+    """``FailingSchemas`` loaded like any ``Schemas`` (``load`` builds the subclass)."""
+    return FailingSchemas.load()
 
 
 async def test_corpus_of_malformed_records_dead_letters_each_and_emits_every_valid_one(
@@ -392,11 +394,11 @@ async def test_corpus_of_malformed_records_dead_letters_each_and_emits_every_val
     by_raw: dict[bytes, list[dict[str, Any]]] = {}
     for letter in letters:
         by_raw.setdefault(letter["raw"], []).append(letter)
-    for kind, (raw, reason, sid) in CORPUS.items():
+    for kind, (raw, reason, expected_sid) in CORPUS.items():
         found = by_raw.get(orjson.dumps(raw), [])
         assert len(found) == 1, kind
         assert found[0]["reason"].startswith(reason), (kind, found[0]["reason"])
-        assert found[0]["sourced_id"] == sid, kind
+        assert found[0]["sourced_id"] == expected_sid, kind
     dup = [d for d in letters if d["sourced_id"] == "dup-diff"]
     assert len(dup) == 1
     assert "appears twice in one listing with different content" in dup[0]["reason"]
@@ -431,69 +433,72 @@ POISON_PAGES = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(POISON_PAGES))
-async def test_a_record_the_json_parser_refuses_is_dead_lettered_not_the_page(
-    kind: str, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
-) -> None:
-    """A page holding one record with an unpaired surrogate escape or a number beyond double
-    range among valid ones: the valid records are emitted and the bad one is dead-lettered."""
-    items = [orjson.dumps(user(f"ok-{i}")) for i in range(3)]
-    items.insert(1, POISON_PAGES[kind])
-    server = RawRoster({"orgs": ORGS, "users": items})
+async def sync_roster(
+    users: list[bytes],
+    *,
+    bootstrap: str,
+    prefix: str,
+    state_dir: Path,
+    then: list[bytes] | None = None,
+) -> tuple[Rebuilt, list[dict[str, Any]], list[list[EntityResult]]]:
+    """Serve ``users`` (and one org), sync once, and, given ``then``, serve those users and
+    sync again; returns the rebuilt event stream, the dead letters and each sync's results."""
+    server = RawRoster({"orgs": ORGS, "users": users})
+    passes = []
     async with server.serve():
-        config = config_for(
-            server, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path
-        )
+        config = config_for(server, bootstrap=bootstrap, prefix=prefix, state_dir=state_dir)
         async with Service(config) as service:
-            await service.sync(DISTRICT)
-    rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
-    assert rebuilt.keys("users", DISTRICT) == {"ok-0", "ok-1", "ok-2"}
-    letters = await dead_letters(kafka_bootstrap, unique_prefix)
-    assert len(letters) == 1
+            passes.append(await service.sync(DISTRICT))
+            if then is not None:
+                server.collections["users"] = then
+                passes.append(await service.sync(DISTRICT))
+    return await rebuild(bootstrap, prefix), await dead_letters(bootstrap, prefix), passes
 
 
-async def test_a_record_larger_than_a_kafka_message_is_dead_lettered(
-    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
-) -> None:
-    """A 2 MB record among valid ones (an incompressible photo in its metadata, far past the
-    bounds) is dead-lettered (a truncated raw is fine) and the valid records are emitted."""
-    items = [orjson.dumps(user(f"ok-{i}")) for i in range(3)]
-    photo = secrets.token_urlsafe(1_500_000)
-    items.insert(1, orjson.dumps(user("bad-2mb", metadata={"photo": photo})))
-    server = RawRoster({"orgs": ORGS, "users": items})
-    async with server.serve():
-        config = config_for(
-            server, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path
-        )
-        async with Service(config) as service:
-            await service.sync(DISTRICT)
-    rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
-    assert rebuilt.keys("users", DISTRICT) == {"ok-0", "ok-1", "ok-2"}
-    letters = await dead_letters(kafka_bootstrap, unique_prefix)
-    assert [d["sourced_id"] for d in letters] == ["bad-2mb"]
-
-
-async def test_a_record_nested_a_thousand_deep_is_dead_lettered(
-    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
-) -> None:
-    """A record carrying an extension nested 1000 arrays deep (a page orjson still parses)
-    is dead-lettered and the valid records around it are emitted."""
+def _deep_user() -> bytes:
+    """A user carrying an extension nested 1000 arrays deep (a page orjson still parses)."""
     depth = 1000
     deep = b"[" * depth + b"1" + b"]" * depth
+    return orjson.dumps(user("bad-deep"))[:-1] + b',"deep":' + deep + b"}"
+
+
+#: One bad record among valid ones, and the sourcedId its dead letter names (None when the
+#: record cannot be parsed at all).
+BAD_AMONG_VALID: dict[str, tuple[Callable[[], bytes], str | None]] = {
+    **{kind: (functools.partial(bytes, raw), None) for kind, raw in POISON_PAGES.items()},
+    # An incompressible photo in its metadata, far past the bounds (a cut raw is fine).
+    "2 MB record": (
+        lambda: orjson.dumps(user("bad-2mb", metadata={"photo": secrets.token_urlsafe(1_500_000)})),
+        "bad-2mb",
+    ),
+    "nested 1000 deep": (_deep_user, "bad-deep"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_AMONG_VALID))
+async def test_one_bad_record_among_valid_ones_is_dead_lettered_not_the_page(
+    kind: str, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A page holding one record that cannot be carried (an unpaired surrogate escape, a number
+    beyond double range, 2 MB of incompressible metadata, an extension nested 1000 deep) among
+    valid ones: the valid records are emitted and the bad one has exactly one dead letter."""
+    make, sourced_id = BAD_AMONG_VALID[kind]
     items = [orjson.dumps(user(f"ok-{i}")) for i in range(3)]
-    items.insert(1, orjson.dumps(user("bad-deep"))[:-1] + b',"deep":' + deep + b"}")
-    assert orjson.loads(b'{"users":[' + b",".join(items) + b"]}")  # the page itself parses
-    server = RawRoster({"orgs": ORGS, "users": items})
-    async with server.serve():
-        config = config_for(
-            server, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path
-        )
-        async with Service(config) as service:
-            await service.sync(DISTRICT)
-    rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
+    items.insert(1, make())
+    rebuilt, letters, _ = await sync_roster(
+        items, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path
+    )
     assert rebuilt.keys("users", DISTRICT) == {"ok-0", "ok-1", "ok-2"}
-    letters = await dead_letters(kafka_bootstrap, unique_prefix)
-    assert [d["sourced_id"] for d in letters] == ["bad-deep"]
+    assert len(letters) == 1
+    if sourced_id is not None:
+        assert [d["sourced_id"] for d in letters] == [sourced_id]
+
+
+def test_the_deep_record_page_itself_parses() -> None:
+    """The 1000-deep record is within what the JSON parser accepts: the page parses, so it is
+    the normaliser that must refuse it."""
+    page = b'{"users":[' + orjson.dumps(user("ok")) + b"," + _deep_user() + b"]}"
+    assert orjson.loads(page)
 
 
 async def test_records_dated_year_one_sync_then_delta(
@@ -504,19 +509,14 @@ async def test_records_dated_year_one_sync_then_delta(
     items = [
         orjson.dumps(user(f"ok-{i}", dateLastModified="0001-01-01T00:00:00")) for i in range(3)
     ]
-    server = RawRoster({"orgs": ORGS, "users": items})
-    async with server.serve():
-        config = config_for(
-            server, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path
-        )
-        async with Service(config) as service:
-            await service.sync(DISTRICT)
-            server.collections["users"] = [
-                orjson.dumps(user("ok-0", givenName="Changed", dateLastModified=STAMP)),
-                *items[1:],
-            ]
-            await service.sync(DISTRICT)
-    rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
+    changed = orjson.dumps(user("ok-0", givenName="Changed", dateLastModified=STAMP))
+    rebuilt, _, _ = await sync_roster(
+        items,
+        bootstrap=kafka_bootstrap,
+        prefix=unique_prefix,
+        state_dir=tmp_path,
+        then=[changed, *items[1:]],
+    )
     assert rebuilt.ops == {"CREATED": 4, "UPDATED": 1}
 
 
@@ -527,18 +527,13 @@ async def test_a_future_dated_record_does_not_blind_the_deltas(
     error): the next delta still sees an ordinary record's change."""
     items = [orjson.dumps(user(f"ok-{i}")) for i in range(3)]
     items.append(orjson.dumps(user("future", dateLastModified="9999-12-31T23:59:59Z")))
-    server = RawRoster({"orgs": ORGS, "users": items})
-    async with server.serve():
-        config = config_for(
-            server, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path
-        )
-        async with Service(config) as service:
-            await service.sync(DISTRICT)
-            server.collections["users"] = [
-                orjson.dumps(user("ok-0", givenName="Changed", dateLastModified=NOW)),
-                *items[1:],
-            ]
-            results = await service.sync(DISTRICT)
-            assert {r.mode for r in results} == {"DELTA"}
-    rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
+    changed = orjson.dumps(user("ok-0", givenName="Changed", dateLastModified=NOW))
+    rebuilt, _, passes = await sync_roster(
+        items,
+        bootstrap=kafka_bootstrap,
+        prefix=unique_prefix,
+        state_dir=tmp_path,
+        then=[changed, *items[1:]],
+    )
+    assert {r.mode for r in passes[1]} == {"DELTA"}
     assert rebuilt.events[("users", f"{DISTRICT}/ok-0", "UPDATED")] == 1

@@ -6,10 +6,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +19,25 @@ from aiokafka import AIOKafkaConsumer
 from producer.kafka.reader import topic_partitions
 from producer.simulator import DistrictSpec, Simulator
 from tests.checker import ENTITIES, rebuild
-from tests.harness import district_entry
+from tests.conftest import ServeSimulator
+from tests.harness import config_document, free_port, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_config(
+def cli_config(
     path: Path, sim: Simulator, *, bootstrap: str, prefix: str, http_port: int = 0, **sync: Any
 ) -> Path:
-    """A TOML config file for ``sim``'s districts (JSON strings are valid TOML strings)."""
-    lines = [
-        "[kafka]",
-        f"bootstrap_servers = {json.dumps(bootstrap)}",
-        f"topic_prefix = {json.dumps(prefix)}",
-        f"client_id = {json.dumps(prefix)}",
-        "partitions = 3",
-        "replication_factor = 1",
-        "[sync]",
-        'poll_interval = "2s"',
-        'jitter = "0s"',
-        'overlap = "5s"',
-        *(f"{k} = {json.dumps(v)}" for k, v in sync.items()),
-        "[state]",
-        f"dir = {json.dumps(str(path.parent / 'state'))}",
-        "[http]",
-        f'listen = "127.0.0.1:{http_port}"',
-    ]
-    for d in sim.districts:
-        lines.append("[[districts]]")
-        for key, value in district_entry(sim, d.spec.id).items():
-            lines.append(f"{key} = {json.dumps(value)}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """A TOML config file for ``sim``'s districts, polled every 2 s."""
+    document = config_document(
+        sim,
+        bootstrap=bootstrap,
+        prefix=prefix,
+        state_dir=path.parent / "state",
+        sync={"poll_interval": "2s", **sync},
+        http_listen=f"127.0.0.1:{http_port}",
+    )
+    return write_config(path, document)
 
 
 async def cli(*args: str, limit: float = 120.0) -> tuple[int, str, str]:
@@ -71,17 +56,9 @@ async def cli(*args: str, limit: float = 120.0) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator([DistrictSpec(id="d1", version="1.2", size="tiny", seed=11)])
-    async with simulator.serve():
-        yield simulator
+async def sim(serve_simulator: ServeSimulator) -> Simulator:
+    return await serve_simulator([DistrictSpec(id="d1", version="1.2", size="tiny", seed=11)])
 
 
 def test_check_config_names_the_bad_key_and_exits_2(tmp_path: Path) -> None:
@@ -135,7 +112,7 @@ async def test_sync_status_and_tail_agree(
 ) -> None:
     """`sync --all` writes events, `status --json` shows a checkpoint per entity with the
     record counts, and `tail --from-beginning` decodes exactly the committed events."""
-    config = write_config(tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix)
+    config = cli_config(tmp_path / "c.toml", sim, bootstrap=kafka_bootstrap, prefix=unique_prefix)
     code, out, err = await cli("--config", str(config), "sync", "--all")
     assert code == 0, err
     truth = {e: len(sim.district("d1").truth_state(e)) for e in ENTITIES}
@@ -205,7 +182,7 @@ async def test_daemon_serves_health_metrics_and_stops_cleanly_on_sigterm(
     simulator = Simulator([DistrictSpec(id="d1", version="1.2", size=150, seed=12)])
     async with simulator.serve():
         port = free_port()
-        config = write_config(
+        config = cli_config(
             tmp_path / "c.toml",
             simulator,
             bootstrap=kafka_bootstrap,
@@ -312,20 +289,47 @@ def test_command_of_skips_global_options() -> None:
     assert command_of(["--help"]) is None
 
 
-def test_sigterm_while_the_daemon_is_still_loading_exits_0(tmp_path: Path) -> None:
-    """A SIGTERM soon after start (while the program loads, or while the daemon waits for an
-    unreachable broker) ends `run` with exit 0, never "killed by signal"."""
+#: Run in a child: SIGTERM to itself exactly while ``producer.cli`` is being imported (the program
+#: is loading, only launch.py's early handler is installed), then run the entry point.
+_SIGTERM_WHILE_LOADING = """
+import importlib.abc, os, signal, sys
+
+class SignalOnLoad(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "producer.cli":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+sys.meta_path.insert(0, SignalOnLoad())
+sys.argv = ["oneroster-cdc", *sys.argv[1:]]
+from producer.launch import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("phase", ["loading", "waiting for the broker"])
+def test_sigterm_while_the_daemon_is_still_loading_exits_0(tmp_path: Path, phase: str) -> None:
+    """A SIGTERM while the program loads, or while the daemon waits for an unreachable broker
+    (after its first start_retry), ends `run` with exit 0, never "killed by signal"."""
     import subprocess  # noqa: PLC0415
 
     config = tmp_path / "c.toml"
     config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:1"\n[http]\nenabled = false\n')
+    args = ["--config", str(config), "--log-format", "json", "run"]
+    if phase == "loading":
+        command = [sys.executable, "-c", _SIGTERM_WHILE_LOADING, *args]
+    else:
+        command = [sys.executable, "-m", "producer", *args]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer", "--config", str(config), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True
     )
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
+    seen: list[str] = []
+    if phase != "loading":
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "daemon.start_retry" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    assert proc.returncode == 0, ("".join(seen) + err)[-2000:]

@@ -44,7 +44,7 @@ def write(tmp_path):
     """Write a TOML document to a file and return its path."""
 
     def _write(text: str, name: str = "c.toml") -> Path:
-        path = tmp_path / name
+        path: Path = tmp_path / name
         path.write_text(textwrap.dedent(text), encoding="utf-8")
         return path
 

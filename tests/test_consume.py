@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -20,12 +21,13 @@ from aiokafka import AIOKafkaProducer
 from producer.config import Config
 from producer.consume import ChangeEvent, ChangeStream
 from producer.errors import ClientClosed, ConfigError, EncodingError
+from producer.model import Entity
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
 from tests.checker import read_all, rebuild, truth_snapshot
 from tests.harness import make_config
 
-ENTITIES = ("users", "classes", "enrollments")
+ENTITIES: tuple[Entity, ...] = ("users", "classes", "enrollments")
 
 
 @dataclass
@@ -112,7 +114,7 @@ async def test_replay_from_the_beginning_hands_out_every_committed_event_once_ty
     assert {e.entity for e in deleted} == {"users", "enrollments"}
     assert all(e.after is None and e.before is not None for e in deleted)
 
-    state: dict[str, dict[str, object]] = {e: {} for e in ENTITIES}
+    state: dict[str, dict[str, dict[str, Any]]] = {e: {} for e in ENTITIES}
     for e in events:
         if e.op == "DELETED":
             state[e.entity].pop(e.key)

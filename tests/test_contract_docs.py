@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from producer.avro import CHANGE_NAMES, CHECKPOINT, DEAD_LETTER, RECORD_NAMES, Schemas
+from producer.config import KafkaConfig
 from producer.contract import ASYNCAPI_PATH, TOPICS, asyncapi, readme_table, to_yaml
 from producer.kafka.topics import TopicNames, TopicSettings, topic_specs
 from producer.model import ENTITIES
@@ -56,7 +57,7 @@ def test_every_topic_the_producer_creates_has_a_channel_with_its_configs():
     """One channel per topic the producer creates, with its cleanup policy and retention, and
     a receive operation that reads committed records only."""
     doc = asyncapi(SCHEMAS)
-    specs = topic_specs(TopicNames("{prefix}"), TopicSettings())
+    specs = topic_specs(TopicNames("{prefix}"), TopicSettings.from_config(KafkaConfig()))
     by_address = {c["address"]: c for c in doc["channels"].values()}
     assert set(by_address) == set(specs)
     for address, (_partitions, configs) in specs.items():

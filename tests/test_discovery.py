@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 
 from producer import errors
 from producer.discovery import DirectOAuth1, ProxyBearer, bearer_reader, discover
@@ -44,7 +43,7 @@ class ClassLink:
         self.paths: list[str] = []
         self.failures: list[int] = []
         self.servers: dict[str, dict[str, Any]] = {}
-        self.server: TestServer | None = None
+        self.server: BaseTestServer | None = None
 
     async def _applications(self, request: web.Request) -> web.Response:
         self.paths.append(request.raw_path)
@@ -77,12 +76,6 @@ async def classlink() -> AsyncIterator[ClassLink]:
     async with TestServer(app, host="127.0.0.1", port=0) as server:
         fake.server = server
         yield fake
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_proxy_discovery_pages_until_a_short_page(classlink, session):

@@ -10,16 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.filters import (
-    DEFAULT_FORMAT,
-    FilterError,
-    TimestampFormat,
-    delta_filter,
-    detect_format,
-    encode_query,
-    parse_timestamp,
-    predicate,
-)
+from producer.filters import FilterError, delta_filter, encode_query, predicate
+from producer.timestamps import DEFAULT_FORMAT, TimestampFormat, detect_format, parse_timestamp
 
 MOMENT = datetime(2026, 4, 26, 12, 0, 5, 987654, UTC)
 

@@ -33,19 +33,10 @@ from producer.auth import OAuth1Signer
 from producer.avro import RECORD_NAMES, Schemas
 from producer.config import Config, config_from_mapping
 from producer.errors import ConfigError
-from producer.filters import (
-    DEFAULT_FORMAT,
-    Filter,
-    FilterError,
-    TimestampFormat,
-    delta_filter,
-    detect_format,
-    encode_query,
-    parse_timestamp,
-    predicate,
-)
+from producer.filters import Filter, FilterError, delta_filter, encode_query, predicate
 from producer.model import ENTITIES, CanonicalRecord, Rejection, Secret
 from producer.normalise import normalise
+from producer.timestamps import DEFAULT_FORMAT, TimestampFormat, detect_format, parse_timestamp
 
 SCHEMAS = Schemas.load(history=False)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -159,7 +150,7 @@ _values = st.one_of(
     st.datetimes(
         min_value=datetime(1000, 1, 2),  # noqa: DTZ001 -- hypothesis bounds are naive
         max_value=datetime(9999, 12, 30),  # noqa: DTZ001 -- hypothesis bounds are naive
-        timezones=st.none() | st.just(UTC) | st.timezones(),
+        timezones=st.none() | st.just(UTC) | st.timezones(),  # type: ignore[arg-type]
     ),
     st.integers(),
     st.none(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -45,7 +46,7 @@ def fail(exc: Exception) -> None:
     raise exc
 
 
-def events(stream: io.StringIO) -> list[dict]:
+def events(stream: io.StringIO) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in stream.getvalue().splitlines() if line]
 
 

@@ -17,10 +17,9 @@ from producer.normalise import (
     MAX_ID_CHARS,
     MAX_ITEMS,
     denormalise,
-    format_timestamp,
     normalise,
-    parse_timestamp,
 )
+from producer.timestamps import format_timestamp, parse_timestamp
 
 SCHEMAS = Schemas.load(history=False)
 

@@ -199,11 +199,11 @@ def assert_minimised(
             assert f'"{user["username"]}"'.encode() not in blob, (where, sid)
     for record in records:
         if "givenName" in record:
-            user = users.get(record["sourcedId"])
+            known = users.get(record["sourcedId"])
             assert record["email"] is None
             assert record["extensions_json"] is None
-            if user is not None:
-                assert record["username"] == mac(user["username"])
+            if known is not None:
+                assert record["username"] == mac(known["username"])
         elif "birthDate" in record:
             optional = {k: v for k, v in record.items() if k not in ("sourcedId", "status")}
             assert all(v in (None, []) for k, v in optional.items() if k != "dateLastModified")

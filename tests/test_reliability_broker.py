@@ -24,15 +24,8 @@ from tests.checker import (
     state_mismatches,
     truth_snapshot,
 )
-from tests.reliability_helpers import (
-    DaemonProcess,
-    PrivateBroker,
-    config_document,
-    eventually,
-    free_port,
-    http_get,
-    write_config,
-)
+from tests.harness import config_document, free_port, write_config
+from tests.reliability_helpers import DaemonProcess, PrivateBroker, eventually, http_get
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +30,9 @@ from tests.checker import (
     state_mismatches,
     truth_snapshot,
 )
-from tests.harness import make_config
-from tests.reliability_helpers import DaemonProcess, config_document, eventually, write_config
+from tests.conftest import ServeSimulator
+from tests.harness import config_document, make_config, write_config
+from tests.reliability_helpers import DaemonProcess, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -42,19 +42,17 @@ KILLS_PER_ROUND = (8, 6, 6)
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
+async def sim(serve_simulator: ServeSimulator) -> Simulator:
     """A 1.2 (OAuth2) district of 30 students and a tiny 1.1 (OAuth1) one; every answer is
     delayed (100 ms, a remote server's round trip) so that a snapshot spans several seconds of
     paging and an idle delta poll lasts long enough for kills to land inside it."""
     slow = Faults(rate=1.0, kinds=("latency",), latency=0.1, seed=1)
-    simulator = Simulator(
+    return await serve_simulator(
         [
             DistrictSpec(id="crash12", version="1.2", size=30, seed=11, faults=slow),
             DistrictSpec(id="crash11", version="1.1", size="tiny", seed=12, faults=slow),
         ]
     )
-    async with simulator.serve():
-        yield simulator
 
 
 def mutate(sim: Simulator, rng: random.Random, round_no: int) -> None:

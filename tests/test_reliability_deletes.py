@@ -9,7 +9,6 @@ daemon (``run``) whose scheduled full sync meets the disappearance, its ``/metri
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,9 @@ from producer.simulator import DistrictSpec, Faults, Simulator
 from producer.simulator.faults import FaultPlan
 from tests.checker import observed_changes, read_checkpoints, rebuild, truth_snapshot
 from tests.checker import state_mismatches as mismatches
-from tests.reliability_helpers import (
-    DaemonProcess,
-    config_document,
-    eventually,
-    http_get,
-    run_cli,
-    wait_exit,
-    write_config,
-)
+from tests.conftest import ServeSimulator
+from tests.harness import config_document, write_config
+from tests.reliability_helpers import DaemonProcess, eventually, http_get, run_cli, wait_exit
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +27,9 @@ DISTRICT = "mass"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
+async def sim(serve_simulator: ServeSimulator) -> Simulator:
     """One 1.2 district of 20 students (44 users)."""
-    simulator = Simulator([DistrictSpec(id=DISTRICT, version="1.2", size=20, seed=51)])
-    async with simulator.serve():
-        yield simulator
+    return await serve_simulator([DistrictSpec(id=DISTRICT, version="1.2", size=20, seed=51)])
 
 
 def config_for(sim: Simulator, bootstrap: str, prefix: str, tmp_path: Path) -> Path:

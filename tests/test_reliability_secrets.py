@@ -22,9 +22,11 @@ by its size, not quoted.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import traceback
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -35,14 +37,8 @@ from producer.errors import CdcError
 from producer.service import Service
 from producer.simulator import DistrictSpec, Faults, Simulator
 from tests.checker import read_all, read_decoded, rebuild
-from tests.reliability_helpers import (
-    DaemonProcess,
-    config_document,
-    eventually,
-    http_get,
-    run_cli,
-    write_config,
-)
+from tests.harness import config_document, write_config
+from tests.reliability_helpers import DaemonProcess, eventually, http_get, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +104,11 @@ async def topic_texts(bootstrap: str, prefix: str) -> dict[str, str]:
     return out
 
 
+def _is_district(district: str, line: dict[str, Any]) -> bool:
+    """Whether a JSON log line is about ``district``."""
+    return bool(line.get("district") == district)
+
+
 @pytest.mark.timeout(240)
 async def test_sentinel_secrets_appear_nowhere(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
@@ -171,7 +172,7 @@ async def test_sentinel_secrets_appear_nowhere(
             url = await daemon.http_url()
             for district in ("sec12", "sec12b", "sec11", proxy_id):
                 await daemon.wait_log(
-                    "poll.finished", within=120, where=lambda x, d=district: x.get("district") == d
+                    "poll.finished", within=120, where=functools.partial(_is_district, district)
                 )
             await daemon.wait_log(
                 "poll.failed", within=60, where=lambda x: x.get("district") == "secbad"

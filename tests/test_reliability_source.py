@@ -17,7 +17,6 @@ engine and the writer, not the process (test_reliability_crash covers that).
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from typing import Any
 import pytest
 
 from producer.errors import CdcError
-from producer.metrics import Metrics
-from producer.service import MetricsObserver, Service
+from producer.metrics import Metrics, MetricsObserver
+from producer.protocols import ClientEvent, PageFetched
+from producer.service import Service
 from producer.simulator import DistrictSpec, Faults, Simulator
 from tests.checker import (
     Rebuilt,
@@ -37,8 +37,7 @@ from tests.checker import (
     state_mismatches,
     truth_snapshot,
 )
-from tests.harness import make_config
-from tests.reliability_helpers import free_port
+from tests.harness import free_port, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -187,10 +186,10 @@ class _PageHook(MetricsObserver):
         super().__init__(metrics)
         self.hook = hook
 
-    def client_event(self, event: str, fields: Mapping[str, object]) -> None:
-        super().client_event(event, fields)
-        if event == "page.fetched":
-            self.hook(str(fields.get("entity")), int(str(fields.get("offset") or 0)))
+    def client_event(self, event: ClientEvent) -> None:
+        super().client_event(event)
+        if isinstance(event, PageFetched):
+            self.hook(event.entity, event.offset)
 
 
 def absent_deletes_of_live_records(rebuilt: Rebuilt, sim: Simulator) -> list[str]:

@@ -9,7 +9,7 @@ SCRAM user created when the storage is formatted.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from producer.errors import CdcError, SinkError
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
 from tests.checker import ENTITIES, rebuild
+from tests.conftest import ServeSimulator
 from tests.harness import make_config
 from tests.security_helpers import Pki, free_ports, make_pki, own_broker
 
@@ -60,11 +61,9 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
+async def sim(serve_simulator: ServeSimulator) -> Simulator:
     """One tiny 1.2 district on loopback."""
-    simulator = Simulator([DistrictSpec(id="sec", version="1.2", size="tiny", seed=8)])
-    async with simulator.serve():
-        yield simulator
+    return await serve_simulator([DistrictSpec(id="sec", version="1.2", size="tiny", seed=8)])
 
 
 def sasl_config(

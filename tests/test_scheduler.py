@@ -245,7 +245,7 @@ async def test_add_and_remove_districts_at_runtime(fake):
         await time.advance(30)
         assert runner.starts("a") == [0, 10]
         assert runner.starts("b") == [12, 22, 32, 42]
-        assert s.district_ids == ("b",)
+        assert tuple(s.district_ids) == ("b",)
         await s.stop(grace=0)
 
 

@@ -275,7 +275,7 @@ def test_entity_records_share_the_common_fields(name):
 
 @pytest.mark.parametrize("name", sorted(CHANGE_NAMES.values()))
 def test_change_envelopes_have_the_contract_fields(name):
-    """Every change envelope has the fields DESIGN.md's event contract names, in that order."""
+    """Every change envelope has the fields the README's event contract names, in that order."""
     assert CURRENT.get(name).fields == (
         "event_id",
         "op",

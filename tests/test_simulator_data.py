@@ -65,7 +65,9 @@ def test_small_district_has_realistic_proportions_and_valid_references():
             assert agent["sourcedId"] in user_ids
     demo = store.get("demographics", data.sourced_id("users", 3))
     assert demo is not None
-    assert demo["sourcedId"] == store.get("users", demo["sourcedId"])["sourcedId"]
+    owner = store.get("users", demo["sourcedId"])
+    assert owner is not None
+    assert demo["sourcedId"] == owner["sourcedId"]
 
 
 def test_large_district_starts_instantly_and_has_the_promised_size():

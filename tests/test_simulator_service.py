@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import argparse
 import tomllib
-from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
-import aiohttp
 import pytest
 
 from producer.simulator import DistrictSpec, Simulator
 from producer.simulator.cli import add_arguments, config_toml, run, specs_from_args
+from tests.conftest import ServeSimulator
 
 API_KEY = "cl-test-key"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(
+async def sim(serve_simulator: ServeSimulator) -> Simulator:
+    return await serve_simulator(
         [
             DistrictSpec(id="east", version="1.1", size="tiny", tenant_name="East ISD"),
             DistrictSpec(id="west", version="1.1", size="tiny", tenant_status="Inactive"),
@@ -28,22 +27,14 @@ async def sim() -> AsyncIterator[Simulator]:
         classlink_api_key=API_KEY,
         admin=True,
     )
-    async with simulator.serve():
-        yield simulator
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-async def test_applications_lists_11_tenants_with_paging_and_no_count_headers(sim, http):
+async def test_applications_lists_11_tenants_with_paging_and_no_count_headers(sim, session):
     """GET /applications lists the 1.1 districts, honours limit/offset, sends no counts."""
-    async with http.get(f"{sim.url}/applications", headers=AUTH) as resp:
+    async with session.get(f"{sim.url}/applications", headers=AUTH) as resp:
         assert resp.status == 200
         assert "X-Total-Count" not in resp.headers
         body = await resp.json()
@@ -55,20 +46,22 @@ async def test_applications_lists_11_tenants_with_paging_and_no_count_headers(si
         ("false", "Active"),
     ]
     assert all("%" in a["oneroster_application_id"] for a in apps)  # arrives percent-encoded
-    async with http.get(f"{sim.url}/applications?limit=2&offset=2", headers=AUTH) as resp:
+    async with session.get(f"{sim.url}/applications?limit=2&offset=2", headers=AUTH) as resp:
         assert [a["tenant_id"] for a in (await resp.json())["applications"]] == [3]
-    async with http.get(f"{sim.url}/applications") as resp:
+    async with session.get(f"{sim.url}/applications") as resp:
         assert resp.status == 401
-    async with http.get(f"{sim.url}/applications", headers={"Authorization": "Bearer x"}) as resp:
+    async with session.get(
+        f"{sim.url}/applications", headers={"Authorization": "Bearer x"}
+    ) as resp:
         assert resp.status == 401
 
 
-async def test_application_server_and_proxy_paths(sim, http):
+async def test_application_server_and_proxy_paths(sim, session):
     """/applications/{id}/server gives direct credentials; proxy paths need the tenant bearer."""
-    async with http.get(f"{sim.url}/applications", headers=AUTH) as resp:
+    async with session.get(f"{sim.url}/applications", headers=AUTH) as resp:
         app = (await resp.json())["applications"][0]
     app_id = app["oneroster_application_id"]
-    async with http.get(f"{sim.url}/applications/{app_id}/server", headers=AUTH) as resp:
+    async with session.get(f"{sim.url}/applications/{app_id}/server", headers=AUTH) as resp:
         server = (await resp.json())["server"]
     east = sim.district("east")
     assert server == {
@@ -78,33 +71,33 @@ async def test_application_server_and_proxy_paths(sim, http):
     }
     assert unquote(app_id) == east.application_id
     proxy = f"{sim.url}/{app_id}/ims/oneroster/v1p1/users?limit=3"
-    async with http.get(proxy, headers={"Authorization": f"Bearer {app['bearer']}"}) as resp:
+    async with session.get(proxy, headers={"Authorization": f"Bearer {app['bearer']}"}) as resp:
         assert resp.status == 200
         users = (await resp.json())["users"]
     assert len(users) == 3
     assert "role" in users[0]
-    async with http.get(proxy, headers={"Authorization": "Bearer wrong"}) as resp:
+    async with session.get(proxy, headers={"Authorization": "Bearer wrong"}) as resp:
         assert resp.status == 401
-    async with http.get(f"{sim.url}/applications/nope/server", headers=AUTH) as resp:
+    async with session.get(f"{sim.url}/applications/nope/server", headers=AUTH) as resp:
         assert resp.status == 404
 
 
-async def test_admin_endpoints_mutate_and_report_truth(sim, http):
+async def test_admin_endpoints_mutate_and_report_truth(sim, session):
     """Admin create/update/tobedeleted/delete change the served data and the truth log."""
     root = f"{sim.url}/_admin/east"
-    async with http.post(f"{root}/users", json={"givenName": "Ada"}) as resp:
+    async with session.post(f"{root}/users", json={"givenName": "Ada"}) as resp:
         created = await resp.json()
     assert created["givenName"] == "Ada"
     sid = created["sourcedId"]
-    async with http.patch(f"{root}/users/{sid}", json={"familyName": "Lovelace"}) as resp:
+    async with session.patch(f"{root}/users/{sid}", json={"familyName": "Lovelace"}) as resp:
         assert (await resp.json())["familyName"] == "Lovelace"
-    async with http.post(f"{root}/users/usr-000000001/tobedeleted") as resp:
+    async with session.post(f"{root}/users/usr-000000001/tobedeleted") as resp:
         assert (await resp.json())["status"] == "tobedeleted"
-    async with http.delete(f"{root}/users/usr-000000002") as resp:
+    async with session.delete(f"{root}/users/usr-000000002") as resp:
         assert resp.status == 200
-    async with http.delete(f"{root}/users/usr-000000002") as resp:
+    async with session.delete(f"{root}/users/usr-000000002") as resp:
         assert resp.status == 404
-    async with http.get(f"{root}/truth") as resp:
+    async with session.get(f"{root}/truth") as resp:
         truth = await resp.json()
     assert [(c["sourcedId"], c["op"]) for c in truth] == [
         (sid, "created"),
@@ -112,26 +105,26 @@ async def test_admin_endpoints_mutate_and_report_truth(sim, http):
         ("usr-000000001", "deleted"),
         ("usr-000000002", "deleted"),
     ]
-    async with http.get(f"{root}/truth?since=3") as resp:
+    async with session.get(f"{root}/truth?since=3") as resp:
         assert len(await resp.json()) == 1
-    async with http.get(f"{root}/state/users") as resp:
+    async with session.get(f"{root}/state/users") as resp:
         state = {r["sourcedId"] for r in await resp.json()}
     assert sid in state
     assert "usr-000000001" not in state
-    async with http.post(f"{sim.url}/_admin/clock", json={"advance": 3600}) as resp:
+    async with session.post(f"{sim.url}/_admin/clock", json={"advance": 3600}) as resp:
         now = (await resp.json())["now"]
     assert now > truth[-1]["at"]
-    async with http.put(f"{root}/faults", json={"rate": 1.0, "kinds": ["unavailable"]}) as resp:
+    async with session.put(f"{root}/faults", json={"rate": 1.0, "kinds": ["unavailable"]}) as resp:
         assert resp.status == 200
     assert sim.district("east").plan.faults.kinds == ("unavailable",)
-    async with http.put(f"{root}/faults", json={"kinds": ["bogus"]}) as resp:
+    async with session.put(f"{root}/faults", json={"kinds": ["bogus"]}) as resp:
         assert resp.status == 400
 
 
-async def test_admin_is_off_unless_asked_for(http):
+async def test_admin_is_off_unless_asked_for(session):
     """Without ``admin=True`` the /_admin paths do not exist."""
     plain = Simulator([DistrictSpec(id="d", size="tiny")])
-    async with plain.serve() as url, http.post(f"{url}/_admin/d/users", json={}) as resp:
+    async with plain.serve() as url, session.post(f"{url}/_admin/d/users", json={}) as resp:
         assert resp.status == 404
     assert plain.district("d").truth_log() == []
 
@@ -185,7 +178,7 @@ async def test_written_config_points_the_producer_at_each_district():
     assert second["client_secret"] == sim.district("shelbyville").spec.client_secret
 
 
-async def test_proxy_paging_visits_every_11_record_once(sim, http):
+async def test_proxy_paging_visits_every_11_record_once(sim, session):
     """Paging a 1.1 collection through the proxy by offset returns each record exactly once."""
     east = sim.district("east")
     headers = {"Authorization": f"Bearer {east.bearer}"}
@@ -193,7 +186,7 @@ async def test_proxy_paging_visits_every_11_record_once(sim, http):
     offset = 0
     while True:
         url = f"{east.proxy_url}/enrollments?limit=7&offset={offset}"
-        async with http.get(url, headers=headers) as resp:
+        async with session.get(url, headers=headers) as resp:
             assert resp.status == 200
             total = int(resp.headers["X-Total-Count"])
             page = (await resp.json())["enrollments"]

@@ -7,7 +7,6 @@ and compares it with the simulator's ground truth.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,21 @@ from producer.model import Secret
 from producer.service import Service
 from producer.simulator import DistrictSpec, Faults, Simulator
 from tests.checker import ENTITIES, read_all, rebuild
+from tests.conftest import ServeSimulator
 from tests.harness import make_config
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
+async def sim(serve_simulator: ServeSimulator) -> Simulator:
     """A 1.2 (OAuth2) and a 1.1 (OAuth1) tiny district, served on loopback."""
-    simulator = Simulator(
+    return await serve_simulator(
         [
             DistrictSpec(id="d12", version="1.2", size="tiny", seed=3),
             DistrictSpec(id="d11", version="1.1", size="tiny", seed=4),
         ]
     )
-    async with simulator.serve():
-        yield simulator
 
 
 def truth_keys(sim: Simulator, district: str, entity: str) -> set[str]:
@@ -249,6 +247,7 @@ async def test_classlink_discovered_districts_sync_like_static_ones(
             }
         )
         async with Service(config) as service:
+            assert config.classlink is not None
             ids = await service.refresh_discovery(config.classlink)
             assert len(ids) == 1
             assert ids[0].startswith("classlink-")

@@ -5,52 +5,32 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from producer.config import KafkaConfig
 from producer.errors import Fenced, TopicMisconfigured
 from producer.events import Batch, OutRecord
-from producer.kafka.reader import topic_partitions
 from producer.kafka.restore import restore_from_kafka
 from producer.kafka.topics import TopicNames, TopicSettings, ensure_topics
 from producer.kafka.writer import TransactionalWriter
 from producer.state import StateStore, StateWrite
+from tests.checker import read_all
 
 pytestmark = pytest.mark.integration
-
-
-async def read_topic(
-    bootstrap: str, topic: str, isolation: str = "read_committed"
-) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    """Every record of ``topic`` up to its end offsets, as (key, value, headers)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level=isolation, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = await topic_partitions(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        out = []
-        for _ in range(100):
-            if all([await consumer.position(tp) >= end[tp] for tp in tps]):
-                break
-            batch = await consumer.getmany(timeout_ms=300)
-            for msgs in batch.values():
-                out.extend((m.key, m.value, dict(m.headers)) for m in msgs)
-        return out
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture
 async def env(kafka_bootstrap: str, unique_prefix: str, tmp_path: Path):
     """Topics under a fresh prefix, a store and a started writer; all closed afterwards."""
     names = TopicNames(unique_prefix)
-    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings(partitions=3))
+    await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap},
+        names,
+        TopicSettings.from_config(KafkaConfig(partitions=3)),
+    )
     store = StateStore(tmp_path / "state.sqlite")
     writer = TransactionalWriter(
         producer_config={"bootstrap_servers": kafka_bootstrap},
@@ -81,9 +61,13 @@ async def test_ensure_topics_creates_every_topic_with_its_policy(
     """Missing topics are created: state and checkpoints compacted, events kept forever; a
     second call creates nothing."""
     names = TopicNames(unique_prefix)
-    created = await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+    created = await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap}, names, TopicSettings.from_config(KafkaConfig())
+    )
     assert sorted(created) == sorted(names.all())
-    again = await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+    again = await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap}, names, TopicSettings.from_config(KafkaConfig())
+    )
     assert again == []
 
 
@@ -100,7 +84,9 @@ async def test_ensure_topics_refuses_a_state_topic_that_is_not_compacted(
     )
     await admin.close()
     with pytest.raises(TopicMisconfigured, match=r"\.state.*compact"):
-        await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings())
+        await ensure_topics(
+            {"bootstrap_servers": kafka_bootstrap}, names, TopicSettings.from_config(KafkaConfig())
+        )
 
 
 async def test_commit_writes_everything_then_advances_the_store(env, kafka_bootstrap: str) -> None:
@@ -108,34 +94,59 @@ async def test_commit_writes_everything_then_advances_the_store(env, kafka_boots
     headers, checkpoint) and only then is in the local store, with the offsets it reached."""
     names, store, writer = env
     await writer.commit(_batch(names, 10))
-    events = await read_topic(kafka_bootstrap, names.events("users"))
-    assert sorted(v for _, v, _ in events) == sorted(f"event{i}".encode() for i in range(10))
-    state = await read_topic(kafka_bootstrap, names.state)
+    events = await read_all(kafka_bootstrap, names.events("users"))
+    assert sorted(v or b"" for _, v, _ in events) == sorted(f"event{i}".encode() for i in range(10))
+    state = await read_all(kafka_bootstrap, names.state)
     assert {k: h["digest"] for k, _, h in state} == {
         f"users/d1/u{i}".encode(): b"digest%d" % i for i in range(10)
     }
-    assert [v for _, v, _ in await read_topic(kafka_bootstrap, names.checkpoints)] == [b"cursor"]
+    assert [v for _, v, _ in await read_all(kafka_bootstrap, names.checkpoints)] == [b"cursor"]
     assert store.count("users", "d1") == 10
     assert sum(store.offsets(names.state).values()) == 10
 
 
+class PausingWriter(TransactionalWriter):
+    """A writer whose first transaction stops after its records are sent and before its commit
+    (``sent`` is set then), until the task is cancelled: the phase a cancel must be tested in."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent = asyncio.Event()
+
+    async def _send_grouped(self, producer: Any, records: Any) -> Any:
+        sent = await super()._send_grouped(producer, records)
+        if not self.sent.is_set():
+            self.sent.set()
+            await asyncio.Event().wait()  # held open until cancelled
+        return sent
+
+
 async def test_cancelled_batch_leaves_nothing_visible_and_store_untouched(
-    env, kafka_bootstrap: str
+    env, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    """A batch whose task is cancelled before commit leaves no committed record and no store
-    change; the next batch commits normally."""
-    names, store, writer = env
-    batch = _batch(names, 2000)
-    task = asyncio.create_task(writer.commit(batch))
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert store.count("users", "d1") == 0
-    assert await read_topic(kafka_bootstrap, names.events("users")) == []
-    await writer.commit(_batch(names, 3, start=5000))
-    assert len(await read_topic(kafka_bootstrap, names.events("users"))) == 3
-    assert store.count("users", "d1") == 3
+    """A batch whose task is cancelled inside its open transaction (records sent, commit not
+    reached) leaves no committed record and no store change; the next batch commits
+    normally."""
+    names, store, _writer = env
+    writer = PausingWriter(
+        producer_config={"bootstrap_servers": kafka_bootstrap},
+        transactional_id=f"{unique_prefix}-shard-paused",
+        state_topic=names.state,
+        store=store,
+    )
+    try:
+        task = asyncio.create_task(writer.commit(_batch(names, 2000)))
+        await asyncio.wait_for(writer.sent.wait(), 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert store.count("users", "d1") == 0
+        assert await read_all(kafka_bootstrap, names.events("users")) == []
+        await writer.commit(_batch(names, 3, start=5000))
+        assert len(await read_all(kafka_bootstrap, names.events("users"))) == 3
+        assert store.count("users", "d1") == 3
+    finally:
+        await writer.close()
 
 
 async def test_restart_with_same_transactional_id_fences_the_old_writer(
@@ -162,8 +173,8 @@ async def test_restart_with_same_transactional_id_fences_the_old_writer(
     finally:
         await newer.close()
         other_store.close()
-    events = await read_topic(kafka_bootstrap, names.events("users"))
-    assert sorted(v for _, v, _ in events) == [b"event100", b"event101"]
+    events = await read_all(kafka_bootstrap, names.events("users"))
+    assert sorted(v or b"" for _, v, _ in events) == [b"event100", b"event101"]
     assert store.count("users", "d1") == 0
 
 
@@ -202,7 +213,11 @@ async def test_restore_wipes_a_store_ahead_of_a_recreated_topic(
     """Stored offsets beyond the topic's end mean the topic was recreated: the store is
     wiped and rebuilt from what the topic holds now."""
     names = TopicNames(f"re{uuid.uuid4().hex[:8]}")
-    await ensure_topics({"bootstrap_servers": kafka_bootstrap}, names, TopicSettings(partitions=1))
+    await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap},
+        names,
+        TopicSettings.from_config(KafkaConfig(partitions=1)),
+    )
     store = StateStore(tmp_path / "s.sqlite")
     try:
         store.apply(
@@ -215,3 +230,99 @@ async def test_restore_wipes_a_store_ahead_of_a_recreated_topic(
         assert store.count() == 0
     finally:
         store.close()
+
+
+class _CrashingStore(StateStore):
+    """A store whose process "dies" (an exception out of the restore) on its nth apply."""
+
+    def __init__(self, path: Path, *, crash_at: int) -> None:
+        super().__init__(path)
+        self.calls = 0
+        self.crash_at = crash_at
+
+    def apply_rows(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("simulated crash mid-restore")
+        super().apply_rows(*args, **kwargs)
+
+
+async def _visible(bootstrap: str, topic: str, n: int) -> None:
+    """Wait until ``n`` records of ``topic`` are readable read_committed (a commit returns
+    before its markers reach every partition)."""
+    for _ in range(100):
+        if len(await read_all(bootstrap, topic)) >= n:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{topic} never showed {n} committed records")
+
+
+def _synchronous(store: StateStore) -> int:
+    return int(store.db.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_a_cold_restore_that_dies_midway_is_rebuilt_from_zero(
+    env, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A cold restore writes unsynced under a mark; one that dies after applying part of the
+    topic leaves the mark on disk, so the next start distrusts the partial store, wipes it and
+    restores from zero, ending with every key, no mark and normal durability."""
+    names, store, writer = env
+    for start in (0, 40, 80):
+        await writer.commit(_batch(names, 40, start=start))
+    await writer.commit(
+        Batch(state=[StateWrite("users", "d1", f"u{i}", None, None) for i in range(5)])
+    )
+    await _visible(kafka_bootstrap, names.state, 125)
+    config = {"bootstrap_servers": kafka_bootstrap}
+    path = tmp_path / "cold.sqlite"
+    crashing = _CrashingStore(path, crash_at=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        await restore_from_kafka(
+            crashing, topic=names.state, consumer_config=config, cold_batch_records=10
+        )
+    crashing.close()
+
+    reopened = StateStore(path)
+    try:
+        assert reopened.cold_restore_interrupted()
+        assert 0 < reopened.count() < 115  # part of the topic, with offsets that look valid
+        assert reopened.offsets(names.state)
+        stats = await restore_from_kafka(reopened, topic=names.state, consumer_config=config)
+        assert stats.cold
+        assert stats.records == 125
+        assert list(reopened.sourced_ids("users", "d1")) == list(store.sourced_ids("users", "d1"))
+        assert reopened.count() == 115
+        assert not reopened.cold_restore_interrupted()
+        assert _synchronous(reopened) == 1  # NORMAL again
+        # A warm restore over a completed cold one keeps the store and reads only the tail.
+        await writer.commit(_batch(names, 3, start=500))
+        await _visible(kafka_bootstrap, names.state, 128)
+        warm = await restore_from_kafka(reopened, topic=names.state, consumer_config=config)
+        assert (warm.cold, warm.records, reopened.count()) == (False, 3, 118)
+    finally:
+        reopened.close()
+
+
+async def test_a_key_deleted_and_written_again_in_one_restore_batch_is_kept(
+    env, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Within one restore batch the latest record of a key wins: written, deleted, then
+    written again restores the last value (never the delete)."""
+    names, store, writer = env
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "again", b"d1", b"first")]))
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "again", None, None)]))
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "again", b"d3", b"third")]))
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "gone", b"d", b"v")]))
+    await writer.commit(Batch(state=[StateWrite("users", "d1", "gone", None, None)]))
+    await _visible(kafka_bootstrap, names.state, 5)
+    fresh = StateStore(tmp_path / "again.sqlite")
+    try:
+        await restore_from_kafka(
+            fresh, topic=names.state, consumer_config={"bootstrap_servers": kafka_bootstrap}
+        )
+        assert fresh.get("users", "d1", "again") == store.get("users", "d1", "again")
+        assert fresh.get("users", "d1", "again") is not None
+        assert fresh.get("users", "d1", "gone") is None
+    finally:
+        fresh.close()

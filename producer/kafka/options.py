@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context
 
 from producer.config import KafkaConfig
-from producer.kafka.topics import TopicSettings
+from producer.kafka.topics import MAX_MESSAGE_BYTES
 
 
 def connection_options(cfg: KafkaConfig, *, role: str) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def producer_options(cfg: KafkaConfig) -> dict[str, Any]:
         "compression_type": None if cfg.compression == "none" else cfg.compression,
         "linger_ms": 5,
         "max_batch_size": 512 * 1024,
-        "max_request_size": 8 * 1024 * 1024,
+        "max_request_size": MAX_MESSAGE_BYTES,
         "request_timeout_ms": 30_000,
     }
 
@@ -50,13 +50,3 @@ def producer_options(cfg: KafkaConfig) -> dict[str, Any]:
 def consumer_options(cfg: KafkaConfig) -> dict[str, Any]:
     """Options of the restore and checkpoint consumers (no group: partitions are assigned)."""
     return connection_options(cfg, role="consumer")
-
-
-def topic_settings(cfg: KafkaConfig) -> TopicSettings:
-    """How missing topics are created."""
-    return TopicSettings(
-        partitions=cfg.partitions,
-        replication_factor=cfg.replication_factor,
-        event_retention_ms=-1 if cfg.event_retention is None else int(cfg.event_retention * 1000),
-        state_delete_retention_ms=int(cfg.state_delete_retention * 1000),
-    )

@@ -20,10 +20,10 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from aiokafka.protocol.metadata import MetadataRequest
 
@@ -78,14 +78,12 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     Raises ``TopicAuthorizationFailedError`` when the broker hides the topic from this principal
     (no Read, Write or Describe ACL on it)."""
     parts = consumer.partitions_for_topic(topic)
-    for attempt in range(50):
+    for _ in range(50):
         if parts:
             break
-        if attempt == 0:
-            await _check_topic_access(consumer, topic)
-        # aiokafka has no public call that refreshes metadata for an unsubscribed topic.
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(topic)
+        # aiokafka has no public call that refreshes metadata for an unsubscribed topic; ask
+        # for this topic's alone (a broker may hold thousands).
+        parts = await _topic_metadata(consumer, topic)
         if not parts:
             await asyncio.sleep(0.1)
     if not parts:
@@ -93,15 +91,19 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
-async def _check_topic_access(consumer: AIOKafkaConsumer, topic: str) -> None:
-    """Ask for ``topic``'s metadata by name: a listing of all topics silently leaves out those
-    the principal may not see, a request by name says so (``TopicAuthorizationFailedError``)."""
+async def _topic_metadata(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """``topic``'s partitions, from metadata asked by name (never creating the topic). A
+    listing of all topics silently leaves out those the principal may not see; a request by
+    name says so (``TopicAuthorizationFailedError``)."""
     client = consumer._client
     request = MetadataRequest([topic], allow_auto_topic_creation=False)
     response = await client.send(client.get_random_node(), request)
     for entry in response.topics:
         if entry[1] == topic and entry[0] == TopicAuthorizationFailedError.errno:
             raise TopicAuthorizationFailedError(topic)
+    cluster = ClusterMetadata()
+    cluster.update_metadata(response)
+    return cluster.partitions_for_topic(topic) or set()
 
 
 @contextmanager
@@ -151,12 +153,7 @@ class TopicReader:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._consumer.stop()
 
     @property

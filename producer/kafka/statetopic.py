@@ -9,14 +9,15 @@ rows without decoding Avro; a delete is a tombstone with the ``entity`` header.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 from producer.avro import RECORD_NAMES
 from producer.avro import headers as schema_headers
 from producer.events import OutRecord
-from producer.kafka.reader import Headers, header
+from producer.kafka.reader import Headers
 from producer.model import Entity
-from producer.state import StateWrite
+from producer.state import Key, Row, StateWrite
 
 
 def state_key(entity: str, district_id: str, sourced_id: str) -> str:
@@ -46,12 +47,34 @@ def state_record(topic: str, write: StateWrite) -> OutRecord:
     return OutRecord(topic, key, write.value, headers)
 
 
-def write_from_message(key: bytes, value: bytes | None, headers: Headers) -> StateWrite:
-    """The store write a state-topic record stands for."""
-    entity, district, sid = split_state_key(key.decode())
-    if value is None:
-        return StateWrite(entity, district, sid, None, None)
-    digest = header(headers, "digest")
-    if digest is None:
-        raise ValueError(f"state record {key!r} has no digest header")
-    return StateWrite(entity, district, sid, digest, value, header(headers, "raw-digest"))
+def rows_from_messages(
+    messages: Iterable[tuple[bytes | None, bytes | None, Headers]],
+) -> tuple[list[Row], list[Key]]:
+    """The store rows a run of state-topic records (key, value, headers) stands for, built
+    straight from the messages: the upserts and the deletes, the latest record of a key
+    winning (a key deleted then written again in one run is an upsert, never both)."""
+    latest: dict[Key, Row | None] = {}
+    for key, value, headers in messages:
+        if key is None:
+            continue
+        entity, district, sid = key.decode().split("/", 2)
+        if value is None:
+            latest[entity, district, sid] = None
+            continue
+        digest = raw = None
+        for name, data in headers:
+            if name == "digest":
+                digest = data if digest is None else digest
+            elif name == "raw-digest":
+                raw = data if raw is None else raw
+        if digest is None:
+            raise ValueError(f"state record {key!r} has no digest header")
+        latest[entity, district, sid] = (entity, district, sid, digest, value, raw)
+    upserts: list[Row] = []
+    deletes: list[Key] = []
+    for k, row in latest.items():
+        if row is None:
+            deletes.append(k)
+        else:
+            upserts.append(row)
+    return upserts, deletes

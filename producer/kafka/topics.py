@@ -24,16 +24,15 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
+from producer.config import KafkaConfig
 from producer.errors import BrokerAuthFailed, BrokerUnavailable, NotAuthorized, TopicMisconfigured
 from producer.kafka.authz import AUTHORIZATION_CODES, principal_of
 from producer.model import ENTITIES, Entity
 
 log = structlog.get_logger(__name__)
 
-#: A week: a cold restore of the state topic must finish well within this, or it could miss a
-#: delete whose tombstone the cleaner already removed.
-DEFAULT_STATE_DELETE_RETENTION_MS = 7 * 24 * 3600 * 1000
 #: ``max.message.bytes`` of every topic we create: a large roster record must fit (the sync
 #: dead-letters anything over half of it).
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -76,14 +75,29 @@ class TopicNames:
 
 @dataclass(frozen=True, slots=True)
 class TopicSettings:
-    """How topics are created: partition count and retention."""
+    """How topics are created: partition count and retention (from ``[kafka]``, whose class
+    holds the defaults)."""
 
-    partitions: int = 6
+    partitions: int
     #: -1: as many replicas as there are brokers, at most 3.
-    replication_factor: int = 1
+    replication_factor: int
     #: ``retention.ms`` of event and dead-letter topics; -1 keeps history forever.
-    event_retention_ms: int = -1
-    state_delete_retention_ms: int = DEFAULT_STATE_DELETE_RETENTION_MS
+    event_retention_ms: int
+    #: ``delete.retention.ms`` of the state topic: a cold restore must finish well within it,
+    #: or it could miss a delete whose tombstone the cleaner already removed.
+    state_delete_retention_ms: int
+
+    @classmethod
+    def from_config(cls, cfg: KafkaConfig) -> TopicSettings:
+        """The settings ``[kafka]`` asks for."""
+        return cls(
+            partitions=cfg.partitions,
+            replication_factor=cfg.replication_factor,
+            event_retention_ms=-1
+            if cfg.event_retention is None
+            else int(cfg.event_retention * 1000),
+            state_delete_retention_ms=int(cfg.state_delete_retention * 1000),
+        )
 
 
 def topic_specs(
@@ -119,7 +133,7 @@ async def ensure_topics(
     specs = topic_specs(names, settings)
     try:
         await admin.start()
-        existing = set(await admin.list_topics())
+        existing = await _existing(admin, list(specs))
         missing = [n for n in specs if n not in existing]
         if missing:
             replicas = settings.replication_factor
@@ -173,6 +187,15 @@ async def diagnose_authentication(options: dict[str, Any]) -> None:
         except (KafkaError, OSError):
             continue  # not an authentication problem: the caller reports it
         conn.close()
+
+
+async def _existing(admin: AIOKafkaAdminClient, topics: list[str]) -> set[str]:
+    """Which of ``topics`` exist: metadata asked by name, for these topics only (not the whole
+    cluster's), and never creating one (``allow_auto_topic_creation=False``). A topic this
+    principal may not describe counts as missing (its creation then says why)."""
+    request = MetadataRequest(topics, allow_auto_topic_creation=False)
+    response = await admin._send_request(request)
+    return {t["topic"] for t in response.to_object()["topics"] if t["error_code"] == 0}
 
 
 async def _check_compacted(

@@ -87,7 +87,7 @@ def _q(value: object) -> str:
 
 
 def config_toml(sim: Simulator) -> str:
-    """A producer config (INTERFACE.md format) pointing at the simulator's districts."""
+    """A producer config (the README's config format) pointing at the simulator's districts."""
     lines = [
         "# Written by `oneroster-cdc simulate --write-config`: the producer, pointed at it.",
         "[kafka]",

@@ -1,10 +1,11 @@
-"""Reading OneRoster response bodies: the data envelope, and error bodies in every shape seen.
+"""OneRoster response bodies: the collection in a data body, and error bodies in every shape.
 
-Error shapes understood (ONEROSTER.md §2.5): the 1.2 ``imsx_StatusInfoDType`` object (with
-``imsx_CodeMinor.imsx_codeMinorField[]``), the 1.1 ``statusInfoSet`` (list or object), the flat
-Ed-Fi form (``imsx_codeMinor`` as a string), OAuth-style ``error``/``error_description``,
-``message``/``error`` bodies, HTML pages from proxies and plain text. A 200 whose body lacks the
-collection's key is an error, never an empty page.
+Error shapes understood (the OneRoster status payloads and what servers send instead): the 1.2
+``imsx_StatusInfoDType`` object (with ``imsx_CodeMinor.imsx_codeMinorField[]``), the 1.1
+``statusInfoSet`` (list or object), the flat Ed-Fi form (``imsx_codeMinor`` as a string),
+OAuth-style ``error``/``error_description``, ``message``/``error`` bodies, HTML pages from
+proxies and plain text. A 200 whose body lacks the collection's key is an error, never an empty
+page.
 """
 
 from __future__ import annotations
