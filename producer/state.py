@@ -94,12 +94,18 @@ class StateWrite:
     raw_digest: bytes | None = None
 
 
+IN_MEMORY = ":memory:"  # SQLite's name for a database that lives in memory only
+
+
 class StateStore:
     """Key -> (digest, encoded record) on disk, plus the state-topic offsets applied so far."""
 
     def __init__(self, path: Path, *, permissions: Policy = "tighten") -> None:
         # The store holds student records: directory 0700, files 0600 (``producer.private``).
-        private_sqlite(path, policy=permissions)
+        # SQLite's in-memory database has no file and no directory to protect: ``:memory:`` is a
+        # name, not a path, and its "parent" would be the working directory.
+        if str(path) != IN_MEMORY:
+            private_sqlite(path, policy=permissions)
         self.path = path
         with private_umask():
             self._db: sqlite3.Connection | None = sqlite3.connect(

@@ -25,7 +25,7 @@ from producer.errors import BrokerUnavailable, FilterUnsupported, Forbidden
 from producer.events import Batch, OutRecord
 from producer.filters import filter_ignored
 from producer.model import Entity, RawPage, Version
-from producer.state import StateStore
+from producer.state import IN_MEMORY, StateStore
 from producer.sync import EntityResult
 from producer.timestamps import parse_timestamp
 
@@ -34,7 +34,7 @@ FilterBehaviour = Literal["honour", "reject", "ignore"]
 
 def memory_store() -> StateStore:
     """A ``StateStore`` whose SQLite database lives in memory."""
-    return StateStore(Path(":memory:"))
+    return StateStore(Path(IN_MEMORY))
 
 
 class MemorySink:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
+import pytest
+
 from producer.state import StateStore, StateWrite
+from producer.testing import memory_store
 
 
 def _store(tmp_path: Path) -> StateStore:
@@ -107,3 +111,18 @@ def test_the_kept_key_count_follows_every_write(tmp_path: Path) -> None:
     store.wipe()
     assert store.count() == _scan(store) == 0
     store.close()
+
+
+def test_an_in_memory_store_leaves_the_working_directory_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``:memory:`` is SQLite's name for a file-less database: opening one creates no file named
+    ``:memory:`` and does not make the working directory private (it is not the store's dir)."""
+    workdir = tmp_path / "checkout"
+    workdir.mkdir(mode=0o755)
+    workdir.chmod(0o755)
+    monkeypatch.chdir(workdir)
+    store = memory_store()
+    store.close()
+    assert list(workdir.iterdir()) == []
+    assert stat.S_IMODE(workdir.stat().st_mode) == 0o755
