@@ -37,14 +37,13 @@ from producer.avro import (
     DEAD_LETTER,
     NAMESPACE,
     RECORD_NAMES,
-    SCHEMA_DIR,
     Schemas,
 )
 from producer.config import KafkaConfig
 from producer.kafka.topics import TopicNames, TopicSettings, topic_specs
 from producer.model import ENTITIES, Entity
 
-ASYNCAPI_PATH: Final = SCHEMA_DIR.parent / "docs" / "asyncapi.yaml"
+ASYNCAPI_PATH: Final = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
 AVRO_FORMAT: Final = "application/vnd.apache.avro;version=1.9.0"
 AVRO_CONTENT_TYPE: Final = "application/avro; encoding=single-object"
 PREFIX: Final = "{prefix}"

@@ -35,7 +35,16 @@ def _mvn(*args: str) -> subprocess.CompletedProcess[str]:
     mvn = shutil.which("mvn")
     assert mvn is not None, "Maven (mvn) is needed for the Java contract test"
     return subprocess.run(
-        [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(PROJECT / "pom.xml"), *args],
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-Dstyle.color=never",
+            f"-Dschemas.dir={SCHEMA_DIR}",
+            "-f",
+            str(PROJECT / "pom.xml"),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=MAVEN_TIMEOUT,
@@ -55,7 +64,7 @@ def compiled() -> None:
 def test_generated_classes_compile(compiled: None) -> None:
     """Every schema yields a SpecificRecord class, and they compile (0.1.0's did not)."""
     generated = PROJECT / "target" / "generated-sources" / "avro" / "oneroster" / "cdc"
-    names = {p.stem for p in (ROOT / "schemas").glob("*.avsc")}
+    names = {p.stem for p in SCHEMA_DIR.glob("*.avsc")}
     assert {p.stem for p in generated.glob("*.java")} == names
     classes = PROJECT / "target" / "classes" / "oneroster" / "cdc"
     assert {p.stem for p in classes.glob("*.class") if "$" not in p.stem} == names
