@@ -24,7 +24,8 @@ def shard_of(district_id: str, shards: int) -> int:
     """The shard (= state and checkpoints partition) of a district."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, not {shards}")
-    return (murmur2(district_id.encode()) & 0x7FFFFFFF) % shards
+    hashed: int = murmur2(district_id.encode())
+    return (hashed & 0x7FFFFFFF) % shards
 
 
 def transactional_id(client_id: str, shard: int) -> str:
