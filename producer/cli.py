@@ -362,25 +362,36 @@ _STATUS_COLUMNS: Final = ("district", *ENTITY_COLUMNS)
 
 
 async def _status(config: Config, as_json: bool, out: TextIO) -> int:
-    """Read the checkpoints topic (no writer is started, so a running daemon is untouched)."""
+    """Read the checkpoints topic (no writer is started, so a running daemon is untouched) and
+    the group's description. A checkpoint counts where the sharded layout reads it (its shard's
+    partition) and, before a reshard moved it, wherever it is."""
     from producer.avro import Schemas  # noqa: PLC0415
     from producer.events import Encoder  # noqa: PLC0415
+    from producer.kafka.layout import current_checkpoints, latest_records  # noqa: PLC0415
     from producer.kafka.options import consumer_options  # noqa: PLC0415
-    from producer.kafka.restore import load_checkpoints  # noqa: PLC0415
     from producer.kafka.shards import shard_of  # noqa: PLC0415
     from producer.kafka.topics import TopicNames  # noqa: PLC0415
 
     topics = TopicNames(config.kafka.topic_prefix)
-    found = await load_checkpoints(
-        Encoder(Schemas.load(), topics),
-        topic=topics.checkpoints,
-        consumer_config=consumer_options(config.kafka),
+    encoder = Encoder(Schemas.load(), topics)
+    shards = config.kafka.shards
+    records = await latest_records(
+        consumer_options(config.kafka),
+        topics.checkpoints,
+        action=f"reading checkpoints from {topics.checkpoints} failed",
+    )
+    found = sorted(
+        (
+            encoder.decode_checkpoint(r.value)
+            for r in current_checkpoints(records.values(), shards).values()
+            if r.value is not None
+        ),
+        key=lambda cp: (cp.district_id, cp.entity),
     )
     now = datetime.now(UTC)
-    shards = config.kafka.shards
     fleet, unknown = await _fleet_or_reason(config)
     rows: list[Row] = []
-    for _, cp in sorted(found.items()):
+    for cp in found:
         row = checkpoint_row(cp, now)
         row["shard"] = shard = shard_of(cp.district_id, shards)
         owner = None if fleet is None else fleet.owner(shard)
@@ -420,11 +431,12 @@ async def _status(config: Config, as_json: bool, out: TextIO) -> int:
         out.write(f"shards: no live group ({group} has no member: no instance runs)\n")
     else:
         owners = _shard_rows(fleet, shards, rows)
+        out.write(f"shards ({group}: {fleet.state}, {len(fleet.members)} instance(s)):\n")
         print_rows(
             [{k: "-" if v is None else str(v) for k, v in r.items()} for r in owners],
             ("shard", "owner", "host", "districts"),
             out,
-            title=f"shards ({group}: {fleet.state}, {len(fleet.members)} instance(s))",
+            title="shards",
         )
     return 0
 

@@ -39,7 +39,14 @@ from producer.checkpoints import split_checkpoint_key
 from producer.config import Config
 from producer.errors import NotShardedLayout, ReshardRefused
 from producer.kafka.fleet import require_no_live_group
-from producer.kafka.layout import Latest, inspect_layout, latest_records, partition_counts
+from producer.kafka.layout import (
+    Latest,
+    group_by_key,
+    inspect_layout,
+    latest_records,
+    partition_counts,
+    standing,
+)
 from producer.kafka.mover import Mover, Placed, fence, grow_partitions
 from producer.kafka.options import connection_options, consumer_options, producer_options
 from producer.kafka.reader import header
@@ -127,22 +134,18 @@ def plan_moves(
 ) -> Iterator[Move]:
     """The moves that put every live record in its district's shard partition (with the
     ``shards`` header when ``stamp``); nothing for a key already in place."""
-    by_key: dict[bytes, list[Latest]] = {}
-    for record in records:
-        by_key.setdefault(record.key, []).append(record)
     homes: dict[str, int] = {}
-    for key, found in by_key.items():
+    for key, found in group_by_key(records).items():
         district = district_of(key)
         home = homes.get(district)
         if home is None:
             home = homes[district] = shard_of(district, shards)
-        own = next((r for r in found if r.partition == home), None)
+        winner = standing(found, home)
         strays = tuple(r for r in found if r.partition != home and r.value is not None)
-        copy: Latest | None = None
-        if own is None and strays:
-            copy = max(strays, key=lambda r: r.timestamp)
-        elif own is not None and own.value is not None and stamp and own.shards_header != shards:
-            copy = own
+        misplaced = winner is not None and (
+            winner.partition != home or (stamp and winner.shards_header != shards)
+        )
+        copy = winner if misplaced and winner is not None and winner.value is not None else None
         if copy is not None or strays:
             yield Move(key, home, copy, strays)
 

@@ -16,7 +16,7 @@ yet, or a checkpoints topic with no live record, are a valid fresh layout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,37 @@ async def latest_records(
                 out[m.partition, m.key] = Latest(
                     m.partition, m.offset, m.key, m.value, list(m.headers), int(stamp or 0)
                 )
+    return out
+
+
+def group_by_key(records: Iterable[Latest]) -> dict[bytes, list[Latest]]:
+    """The records of each key, one per partition that holds it."""
+    out: dict[bytes, list[Latest]] = {}
+    for record in records:
+        out.setdefault(record.key, []).append(record)
+    return out
+
+
+def standing(found: Sequence[Latest], home: int) -> Latest | None:
+    """Of a key's latest records (one per partition), the one that counts: the record in its
+    shard's partition ``home`` (live or a tombstone) when there is one, as the sharded layout
+    reads it; else the newest live record in another partition (not moved yet); else None."""
+    own = next((r for r in found if r.partition == home), None)
+    if own is not None:
+        return own
+    live = [r for r in found if r.value is not None]
+    return max(live, key=lambda r: r.timestamp) if live else None
+
+
+def current_checkpoints(records: Iterable[Latest], shards: int) -> dict[bytes, Latest]:
+    """The live checkpoint of each key in any layout (``standing``): before, during and after
+    a reshard, a moved checkpoint is not lost to the tombstone it left behind."""
+    out: dict[bytes, Latest] = {}
+    for key, found in group_by_key(records).items():
+        district, _entity = split_checkpoint_key(key.decode())
+        record = standing(found, shard_of(district, shards))
+        if record is not None and record.value is not None:
+            out[key] = record
     return out
 
 
