@@ -216,6 +216,11 @@ class KafkaConfig(_Section):
     sasl_password: SecretValue | None = None
     ssl_cafile: FilePath | None = None
     partitions: int = Field(default=6, ge=1, le=10_000)
+    #: Shards of the deployment: the state and checkpoints topics have exactly this many
+    #: partitions, a district's shard is ``producer.kafka.shards.shard_of`` (murmur2 of its id
+    #: modulo this), and each shard has its own transactional producer and SQLite file.
+    #: Changing it on an existing deployment takes ``oneroster-cdc reshard --shards N``.
+    shards: int = Field(default=6, ge=1, le=1000)
     #: Replication factor of topics the producer creates; -1 leaves it to the broker default.
     replication_factor: int = Field(default=-1, ge=-1, le=100)
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
