@@ -50,6 +50,7 @@ from producer.config import ClassLinkConfig, Config
 from producer.districts import DistrictRegistry
 from producer.errors import CdcError
 from producer.events import Encoder, OutRecord
+from producer.kafka.layout import check_layout
 from producer.kafka.options import connection_options, consumer_options, producer_options
 from producer.kafka.probe import BrokerProbe
 from producer.kafka.reader import read_compacted
@@ -251,11 +252,10 @@ class Service:
         )
 
     async def _check_layout(self) -> None:
-        """HOOK for ``producer.kafka.layout.check_layout`` (issue 12, written by the reshard
-        work): refuse checkpoints not written in the sharded layout (a record without the
+        """Refuse checkpoints not written in the sharded layout (a record without the
         ``shards`` header, with another count, or outside its shard's partition), naming
-        ``oneroster-cdc reshard``. Until it lands, only the partition counts are checked (by
-        ``ensure_topics``)."""
+        ``oneroster-cdc reshard`` (``producer.kafka.layout.check_layout``)."""
+        await check_layout(self.config.kafka)
 
     async def assign(self, numbers: Iterable[int]) -> list[Shard]:
         """Start the shards ``numbers`` this service does not own yet (concurrently; steps a-c
