@@ -8,10 +8,9 @@ sharded layout of N shards (``producer.kafka.layout``), in transactions, safe to
    everything read next is committed data.
 3. Grow ``<prefix>.state`` to N partitions if it has fewer (shrinking is refused: Kafka cannot
    remove partitions; use a new ``kafka.topic_prefix``).
-4. Move the state: the latest record of each key (read_committed); a live record outside its
-   district's shard partition s is written to s and tombstoned where it was, in the same
-   transaction (``batch`` keys a transaction). When s already holds a record of that key, the
-   one in s stands (it was written in the sharded layout) and only the stray is tombstoned.
+4. Move the state, partition by partition: the latest record of each key (read_committed); a
+   live record outside its district's shard partition s is written to s and tombstoned where it
+   was, in the same transaction (``batch`` keys a transaction).
 5. Grow ``<prefix>.checkpoints`` to N partitions and move the checkpoints likewise, each written
    with the header ``shards: N`` (one already in its shard's partition is rewritten in place to
    gain it).
@@ -24,8 +23,10 @@ refuse to start on a half-moved deployment, and running ``reshard`` again redoes
 schemas are not touched: consumers see no duplicate and no gap, and ``run`` then continues
 from the committed cursors.
 
-The topics are read whole into memory (the latest record per key and partition): plan for
-about the size of the state topic's live records.
+Memory: the state topic is read one partition at a time, twice (the latest offset of each key,
+then the records to move), so reshard holds the keys of one partition, not their values; the
+checkpoints topic (one record per district and entity) is read whole. For the checkpoints, a
+record already in its shard's partition stands against a stray of the same key elsewhere.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from producer.kafka.layout import (
 )
 from producer.kafka.mover import Mover, Placed, fence, grow_partitions
 from producer.kafka.options import connection_options, consumer_options, producer_options
-from producer.kafka.reader import header
+from producer.kafka.reader import TopicReader, header
 from producer.kafka.shards import SHARDS_HEADER, shard_of, transactional_id
 from producer.kafka.topics import TopicNames
 
@@ -167,48 +168,102 @@ def placed(move: Move, topic: str, shards: int, *, stamp: bool) -> list[Placed]:
     return out
 
 
-async def _move_topic(
-    mover: Mover,
-    config: Config,
-    report: TopicReport,
-    shards: int,
-    *,
-    stamp: bool,
-    district_of: Callable[[bytes], str],
-    batch: int,
-) -> None:
-    records = await latest_records(
-        consumer_options(config.kafka), report.topic, action=f"reshard: reading {report.topic}"
-    )
-    pending: list[Placed] = []
-    keys = 0
+class _Batches:
+    """Moves gathered into transactions of ``batch`` keys, counted in ``report``."""
 
-    async def flush() -> None:
-        nonlocal pending, keys
-        if pending:
-            await mover.commit(pending)
-            report.transactions += 1
-            log.info(
-                "reshard.transaction_committed",
-                topic=report.topic,
-                records=len(pending),
-                moved=report.moved,
-                tombstoned=report.tombstoned,
-            )
-        pending, keys = [], 0
+    def __init__(
+        self, mover: Mover, report: TopicReport, shards: int, *, stamp: bool, batch: int
+    ) -> None:
+        self._mover = mover
+        self._report = report
+        self._shards = shards
+        self._stamp = stamp
+        self._batch = batch
+        self._pending: list[Placed] = []
+        self._keys = 0
 
-    for move in plan_moves(records.values(), shards, district_of=district_of, stamp=stamp):
+    async def add(self, move: Move) -> None:
+        report = self._report
         if move.copy is not None:
             if move.copy.partition == move.shard:
                 report.stamped += 1
             else:
                 report.moved += 1
         report.tombstoned += len(move.strays)
-        pending.extend(placed(move, report.topic, shards, stamp=stamp))
-        keys += 1
-        if keys >= batch:
-            await flush()
-    await flush()
+        self._pending.extend(placed(move, report.topic, self._shards, stamp=self._stamp))
+        self._keys += 1
+        if self._keys >= self._batch:
+            await self.flush()
+
+    async def flush(self) -> None:
+        pending, self._pending, self._keys = self._pending, [], 0
+        if not pending:
+            return
+        report = self._report
+        await self._mover.commit(pending)
+        report.transactions += 1
+        log.info(
+            "reshard.transaction_committed",
+            topic=report.topic,
+            records=len(pending),
+            moved=report.moved,
+            tombstoned=report.tombstoned,
+        )
+
+
+async def _move_checkpoints(batches: _Batches, config: Config, topic: str, shards: int) -> None:
+    """Every key of the (small) checkpoints topic at once: ``plan_moves`` with the header."""
+    records = await latest_records(
+        consumer_options(config.kafka), topic, action=f"reshard: reading {topic}"
+    )
+    for move in plan_moves(records.values(), shards, district_of=checkpoint_district, stamp=True):
+        await batches.add(move)
+    await batches.flush()
+
+
+async def _move_state(batches: _Batches, config: Config, topic: str, shards: int) -> None:
+    """Partition by partition, in two reads of it (memory: the keys of one partition, not
+    their values): the latest offset of each key, then the live latest records outside their
+    shard, each moved to its shard. A key's record in its shard's partition can only have been
+    written by a reshard that tombstoned its stray in the same transaction (or, afterwards, by
+    the sharded layout's writer, which the checkpoints keep from starting before the move is
+    done), so a live stray always moves."""
+    homes: dict[str, int] = {}
+
+    def home(key: bytes) -> int:
+        district = state_district(key)
+        found = homes.get(district)
+        if found is None:
+            found = homes[district] = shard_of(district, shards)
+        return found
+
+    for partition in range(shards):
+        async with TopicReader(
+            consumer_options(config.kafka),
+            topic,
+            action=f"reshard: reading {topic} partition {partition}",
+            partitions=[partition],
+            # Not "latest": a reset still running when we seek would skip the partition.
+            auto_offset_reset="earliest",
+        ) as reader:
+            end = await reader.end_offsets()
+            latest: dict[bytes, int] = {}
+            await reader.seek_to_beginning()
+            async for chunk in reader.to_end(until=end):
+                for m in chunk.messages:
+                    if m.key is not None:
+                        latest[m.key] = -1 if m.value is None else m.offset
+            strays = {k: o for k, o in latest.items() if o >= 0 and home(k) != partition}
+            del latest
+            if not strays:
+                continue
+            await reader.seek_to_beginning()
+            async for chunk in reader.to_end(until=end):
+                for m in chunk.messages:
+                    if m.key is not None and strays.get(m.key) == m.offset:
+                        record = Latest(m.partition, m.offset, m.key, m.value, list(m.headers))
+                        await batches.add(Move(m.key, home(m.key), record, (record,)))
+        await batches.flush()
 
 
 async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) -> ReshardReport:
@@ -244,11 +299,7 @@ async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) ->
     report.fenced = [transactional_id(kafka.client_id, n) for n in range(old)]
     await fence(producing, report.fenced[1:])
     async with Mover(producing, report.fenced[0]) as mover:  # fences shard-0 as it starts
-        steps = [
-            (topics.state, False, state_district),
-            (topics.checkpoints, True, checkpoint_district),
-        ]
-        for topic, stamp, district_of in steps:
+        for topic, stamp in ((topics.state, False), (topics.checkpoints, True)):
             had = counts.get(topic)
             topic_report = TopicReport(topic, had, had)
             report.topics.append(topic_report)
@@ -259,15 +310,9 @@ async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) ->
                 topic_report.partitions_after = shards
                 log.info("reshard.topic_grown", topic=topic, partitions=shards, before=had)
             await mover.await_partitions(topic, shards)
-            await _move_topic(
-                mover,
-                config,
-                topic_report,
-                shards,
-                stamp=stamp,
-                district_of=district_of,
-                batch=batch,
-            )
+            batches = _Batches(mover, topic_report, shards, stamp=stamp, batch=batch)
+            move = _move_checkpoints if stamp else _move_state
+            await move(batches, config, topic, shards)
     layout = await inspect_layout(kafka, shards=shards)  # 6.
     if not layout.ok:
         raise NotShardedLayout(
@@ -280,6 +325,7 @@ async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) ->
         "reshard.done",
         shards=shards,
         fenced=report.fenced,
-        **{f"{t.topic}_moved": t.moved for t in report.topics},
+        moved={t.topic: t.moved for t in report.topics},
+        stamped={t.topic: t.stamped for t in report.topics},
     )
     return report

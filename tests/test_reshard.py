@@ -155,32 +155,39 @@ def mutate(sim: Simulator) -> None:
         d.update("classes", sorted(d.truth_state("classes"))[0], title="Resharded class")
 
 
-async def interrupted_reshard(config: Path, logs: Path, after: int) -> int:
-    """Run ``reshard --batch 3`` and SIGKILL it once ``after`` transactions committed; returns
-    how many had (a crash in the middle of the move)."""
+async def interrupted_reshard(config: Path, logs: Path, topic: str, after: int) -> int:
+    """Run ``reshard --batch 1`` and SIGKILL it once ``after`` of its transactions on ``topic``
+    committed; returns how many had (a crash in the middle of the move)."""
     logs.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local tmp dir, instant
-    err_path = logs / "reshard-killed.err"
+    err_path = logs / f"reshard-killed-{topic}.err"
     argv = [*cli_command(), "--config", str(config), "--log-format", "json", "reshard"]
     with err_path.open("wb") as err:
         proc = subprocess.Popen(  # noqa: ASYNC220 - polled asynchronously below
-            [*argv, "--batch", "3"], stdout=subprocess.DEVNULL, stderr=err, env=_env(), cwd=ROOT
+            [*argv, "--batch", "1"], stdout=subprocess.DEVNULL, stderr=err, env=_env(), cwd=ROOT
         )
         try:
             deadline = time.monotonic() + 120
             while True:
                 lines = parse_log_lines(err_path.read_text(errors="replace"))
-                done = [x for x in lines if x.get("event") == "reshard.transaction_committed"]
+                done = [
+                    x
+                    for x in lines
+                    if x.get("event") == "reshard.transaction_committed" and x["topic"] == topic
+                ]
                 if len(done) >= after:
                     proc.send_signal(signal.SIGKILL)
                     break
                 assert proc.poll() is None, f"reshard ended first: {lines[-5:]}"
                 assert time.monotonic() < deadline, "reshard committed too little in 120 s"
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.005)
         finally:
             proc.kill()
             proc.wait()
     lines = parse_log_lines(err_path.read_text(errors="replace"))
-    return sum(x.get("event") == "reshard.transaction_committed" for x in lines)
+    assert not any(x.get("event") == "reshard.done" for x in lines), "not interrupted"
+    return sum(
+        x.get("event") == "reshard.transaction_committed" and x["topic"] == topic for x in lines
+    )
 
 
 async def strays(bootstrap: str, prefix: str) -> list[str]:
@@ -202,12 +209,14 @@ async def test_reshard_moves_an_unsharded_deployment_and_the_stream_stays_exactl
 ) -> None:
     """A deployment in the unsharded layout (state by murmur2 of the record key over 3
     partitions, one checkpoints partition, no ``shards`` header) is refused by the layout check.
-    ``reshard`` SIGKILLed after two of its transactions leaves it refused still; run again, it
-    fences, grows the topics (state 3 -> 4, checkpoints 1 -> 4), moves every live state record
-    and checkpoint into its shard's partition (with the header) and touches no event; a third
-    run has nothing to move. Then ``sync --all`` and ``sync --all --full`` continue from the
-    committed cursors: the events before and after form one exactly-once stream (0 lost, 0
-    duplicated, 0 spurious, no violation, state == truth) and the layout check passes."""
+    ``reshard`` SIGKILLed after two of its transactions on the state, then a second one killed
+    after two on the checkpoints, leave it refused still; a third run fences (shard-0 and, as
+    checkpoints for 4 shards exist, shard-1..3), finds the topics grown (state 3 -> 4,
+    checkpoints 1 -> 4) and the state moved, moves the remaining checkpoints into their shard's
+    partition (with the header) and touches no event; a fourth run has nothing to move. Then
+    ``sync --all`` and ``sync --all --full`` continue from the committed cursors: the events
+    before and after form one exactly-once stream (0 lost, 0 duplicated, 0 spurious, no
+    violation, state == truth) and the layout check passes."""
     source, prefix = f"{unique_prefix}src", unique_prefix
     first = config_from_mapping(document(sim, kafka_bootstrap, source, tmp_path / "src"), {})
     async with Service(first) as service:
@@ -225,21 +234,23 @@ async def test_reshard_moves_an_unsharded_deployment_and_the_stream_stays_exactl
     assert len(await strays(kafka_bootstrap, prefix)) > len(DISTRICTS)
 
     mutate(sim)  # changes made while the deployment is down for the move
-    committed = await interrupted_reshard(config, tmp_path / "logs", after=2)
-    assert committed >= 2
-    with pytest.raises(NotShardedLayout):
-        await check_layout(kafka)
+    topics = TopicNames(prefix)
+    # Killed while moving the state, then again while moving the checkpoints.
+    for topic in (topics.state, topics.checkpoints):
+        committed = await interrupted_reshard(config, tmp_path / "logs", topic, after=2)
+        assert committed >= 2
+        with pytest.raises(NotShardedLayout):
+            await check_layout(kafka)
 
     done = await run_cli(config, "reshard", "--batch", "50", logs=tmp_path / "logs")
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    assert f"fenced: {prefix}-shard-0\n" in out
-    assert f"{prefix}.state: grown from {PARTITIONS} to {SHARDS} partitions" in out or (
-        f"{prefix}.state: {SHARDS} partitions (unchanged)" in out  # grown by the killed run
-    )
-    assert f"{prefix}.checkpoints: grown from 1 to {SHARDS} partitions" in out
+    # The second killed run wrote checkpoints for 4 shards: their writers are fenced too.
+    assert f"fenced: {', '.join(f'{prefix}-shard-{n}' for n in range(SHARDS))}\n" in out
+    assert f"{prefix}.state: {SHARDS} partitions (unchanged); 0 record(s) moved" in out
+    assert f"{prefix}.checkpoints: {SHARDS} partitions (unchanged)" in out
     assert f"done: the sharded layout of {SHARDS} shards" in out
-    assert await strays(kafka_bootstrap, prefix) == []
+    assert await strays(kafka_bootstrap, prefix) == [], out
     layout = await check_layout(kafka)
     assert (layout.state_partitions, layout.checkpoint_partitions) == (SHARDS, SHARDS)
     assert layout.checkpoints == len(DISTRICTS) * len(ENTITIES)
