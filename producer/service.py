@@ -12,9 +12,11 @@ builds it with ``own_all=False`` and lets the consumer group decide (``assign``/
 
 Start (shared parts; resources entered in one ``AsyncExitStack`` so teardown runs in reverse):
 
-1. Topics: create the missing ones; refuse a state or checkpoints topic that is not compacted or
+1. Layout: refuse state and checkpoints topics not in the sharded layout of ``kafka.shards``
+   (``producer.kafka.layout.check_layout``: partition counts, and every live checkpoint with
+   the ``shards`` header in its shard's partition), naming ``oneroster-cdc reshard``.
+2. Topics: create the missing ones; refuse a state or checkpoints topic that is not compacted or
    whose partition count is not ``kafka.shards``.
-2. Layout: refuse checkpoints not written in the sharded layout (``_check_layout``).
 3. Schemas: read ``<prefix>.schemas`` (keyed by fingerprint) to know which schemas it lacks.
 4. With ``own_all``: ``assign`` every shard.
 
@@ -220,13 +222,13 @@ class Service:
         """Steps 1-4 of the module docstring."""
         kafka = self.config.kafka
         # 1.
+        await check_layout(kafka)
+        # 2.
         await ensure_topics(
             connection_options(kafka, role="admin"),
             self.topics,
             TopicSettings.from_config(kafka),
         )
-        # 2.
-        await self._check_layout()
         # 3.
         published = await read_compacted(
             consumer_options(kafka),
@@ -250,12 +252,6 @@ class Service:
             state_keys=self.state_keys(),
             districts=len(self.districts.ids),
         )
-
-    async def _check_layout(self) -> None:
-        """Refuse checkpoints not written in the sharded layout (a record without the
-        ``shards`` header, with another count, or outside its shard's partition), naming
-        ``oneroster-cdc reshard`` (``producer.kafka.layout.check_layout``)."""
-        await check_layout(self.config.kafka)
 
     async def assign(self, numbers: Iterable[int]) -> list[Shard]:
         """Start the shards ``numbers`` this service does not own yet (concurrently; steps a-c
