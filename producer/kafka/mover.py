@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
-from producer.errors import BrokerUnavailable, Fenced
+from producer.errors import BrokerUnavailable, Fenced, SinkError
 from producer.kafka.authz import denied
 from producer.kafka.reader import Headers
 
@@ -33,6 +33,15 @@ class Placed:
     key: bytes
     value: bytes | None
     headers: Headers
+
+
+def _failure(
+    exc: BaseException, transactional_id: str, options: Mapping[str, Any], doing: str
+) -> SinkError:
+    """What a failed producer call becomes: ``NotAuthorized`` when the broker's authorizer
+    refused (naming the ACL), else ``BrokerUnavailable`` (run reshard again)."""
+    refused = denied(exc, operation="Write", transactional_id=transactional_id, options=options)
+    return refused if refused is not None else BrokerUnavailable(f"{doing}: {exc!r}")
 
 
 async def grow_partitions(options: Mapping[str, Any], topic: str, count: int) -> None:
@@ -58,10 +67,7 @@ async def fence(options: Mapping[str, Any], transactional_ids: Sequence[str]) ->
         try:
             await producer.start()
         except KafkaError as exc:
-            refused = denied(exc, operation="Write", transactional_id=tid, options=options)
-            if refused is not None:
-                raise refused from exc
-            raise BrokerUnavailable(f"fencing transactional id {tid!r}: {exc}") from exc
+            raise _failure(exc, tid, options, f"fencing transactional id {tid!r}") from exc
         finally:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -87,15 +93,9 @@ class Mover:
         except KafkaError as exc:
             with contextlib.suppress(Exception):
                 await producer.stop()
-            refused = denied(
-                exc,
-                operation="Write",
-                transactional_id=self.transactional_id,
-                options=self._options,
-            )
-            if refused is not None:
-                raise refused from exc
-            raise BrokerUnavailable(f"starting the reshard writer: {exc}") from exc
+            raise _failure(
+                exc, self.transactional_id, self._options, "starting the reshard writer"
+            ) from exc
         self._producer = producer
         return self
 
@@ -149,12 +149,6 @@ class Mover:
                 "is another reshard or an instance running?"
             ) from exc
         except (KafkaError, IllegalOperation, OSError, TimeoutError) as exc:
-            refused = denied(
-                exc,
-                operation="Write",
-                transactional_id=self.transactional_id,
-                options=self._options,
-            )
-            if refused is not None:
-                raise refused from exc
-            raise BrokerUnavailable(f"reshard transaction aborted: {exc!r}") from exc
+            raise _failure(
+                exc, self.transactional_id, self._options, "reshard transaction aborted"
+            ) from exc
