@@ -353,3 +353,62 @@ async def test_one_shot_commands_refuse_beside_a_live_group_and_status_names_the
         polling.cancel()
         await consumer.stop()
     assert (await rebuild(kafka_bootstrap, unique_prefix)).event_ids == events.event_ids
+
+
+@pytest.mark.timeout(600)
+async def test_reshard_to_more_shards_fences_every_old_writer_and_refuses_to_shrink(
+    sim: Simulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A deployment synced with 4 shards moves to 6 with ``reshard --shards 6``: the writers of
+    all 4 old shards are fenced, both topics grow from 4 to 6 partitions, every record that
+    belongs elsewhere moves (each checkpoint gets ``shards: 6``), and the output says to set
+    ``kafka.shards = 6``. With that config, syncs continue as one exactly-once stream. Going
+    back to 4 shards is refused (exit 1, Kafka cannot remove partitions) and ``--shards 0`` is a
+    usage error (exit 2) naming ``--shards``; neither writes anything."""
+    logs = tmp_path / "logs"
+    doc = document(sim, kafka_bootstrap, unique_prefix, tmp_path / "state")
+    four = write_config(tmp_path / "four.toml", doc)
+    first = await run_cli(four, "sync", "--all", logs=logs)
+    assert first.returncode == 0, first.stderr[-3000:]
+    snapshots = [truth_snapshot(sim)]
+    before = await rebuild(kafka_bootstrap, unique_prefix)
+    mutate(sim)
+
+    moved = await run_cli(four, "reshard", "--shards", "6", logs=logs)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    out = moved.stdout
+    assert f"fenced: {', '.join(f'{unique_prefix}-shard-{n}' for n in range(4))}\n" in out
+    assert f"{unique_prefix}.state: grown from 4 to 6 partitions" in out
+    assert f"{unique_prefix}.checkpoints: grown from 4 to 6 partitions" in out
+    assert "set kafka.shards = 6 in the config (it says 4)" in out
+    assert (await rebuild(kafka_bootstrap, unique_prefix)).event_ids == before.event_ids
+    six_doc = {**doc, "kafka": {**doc["kafka"], "shards": 6}}
+    six = write_config(tmp_path / "six.toml", six_doc)
+    kafka = config_from_mapping(six_doc, {}).kafka
+    layout = await check_layout(kafka)
+    assert layout.checkpoints == len(DISTRICTS) * len(ENTITIES)
+    moves = int(
+        out.split(f"{unique_prefix}.checkpoints: grown from 4 to 6 partitions; ")[1].split()[0]
+    )
+    expected = sum(len(ENTITIES) for d in DISTRICTS if shard_of(d, 6) != shard_of(d, 4))
+    assert moves == expected
+    with pytest.raises(NotShardedLayout, match=r"kafka\.shards = 4"):
+        await check_layout(config_from_mapping(doc, {}).kafka)
+
+    for args in (("sync", "--all"), ("sync", "--all", "--full")):
+        result = await run_cli(six, *args, logs=logs)
+        assert result.returncode == 0, result.stderr[-3000:]
+    snapshots.append(truth_snapshot(sim))
+    comparison = compare_with_truth(await rebuild(kafka_bootstrap, unique_prefix), snapshots)
+    assert comparison.clean, comparison.describe()
+    synced = await rebuild(kafka_bootstrap, unique_prefix)
+
+    shrink = await run_cli(six, "reshard", "--shards", "4", logs=logs)
+    assert shrink.returncode == 1
+    assert f"topic '{unique_prefix}.state' has 6 partitions" in shrink.stderr
+    assert "cannot go down to 4 shards (Kafka cannot remove partitions)" in shrink.stderr
+    zero = await run_cli(six, "reshard", "--shards", "0", logs=logs)
+    assert zero.returncode == 2
+    assert "--shards: must be between 1 and 1000, not 0" in zero.stderr
+    assert (await rebuild(kafka_bootstrap, unique_prefix)).event_ids == synced.event_ids
+    await check_layout(kafka)
