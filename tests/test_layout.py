@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from producer.config import KafkaConfig
 from producer.errors import GroupLive, NotShardedLayout
@@ -184,6 +185,8 @@ async def test_describe_fleet_names_members_hosts_and_their_assigned_shards(
             bootstrap_servers=kafka_bootstrap,
             group_id=unique_prefix,
             client_id=f"{unique_prefix}@host-{n}:{100 + n}",
+            # As the daemons do (the sticky assignor adds its own data to the assignment).
+            partition_assignment_strategy=(StickyPartitionAssignor,),
             enable_auto_commit=False,
             heartbeat_interval_ms=300,
             session_timeout_ms=10_000,
