@@ -16,12 +16,13 @@ yet, or a checkpoints topic with no live record, are a valid fresh layout.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from producer.checkpoints import split_checkpoint_key
@@ -74,27 +75,41 @@ class Layout:
         return not self.problems
 
 
-async def partition_counts(options: Mapping[str, Any], topics: Sequence[str]) -> dict[str, int]:
+async def partition_counts(
+    options: Mapping[str, Any], topics: Sequence[str], *, seconds: float = 10.0
+) -> dict[str, int]:
     """The partition count of each of ``topics`` that exists (metadata asked by name, never
-    creating a topic)."""
+    creating a topic). A topic the broker does not know is left out; one it knows but cannot
+    describe yet (just created: no leader elected) is asked for again, for up to ``seconds``."""
     admin = AIOKafkaAdminClient(**options)
+    counts: dict[str, int] = {}
     try:
         await admin.start()
-        request = MetadataRequest(list(topics), allow_auto_topic_creation=False)
-        response = (await admin._send_request(request)).to_object()
+        pending = list(topics)
+        deadline = asyncio.get_running_loop().time() + seconds
+        while pending:
+            request = MetadataRequest(pending, allow_auto_topic_creation=False)
+            response = (await admin._send_request(request)).to_object()
+            unsettled = []
+            for entry in response["topics"]:
+                code, name = entry["error_code"], entry["topic"]
+                if code == TOPIC_DENIED:
+                    raise NotAuthorized(
+                        "Describe", f"topic {name!r}", principal=principal_of(options)
+                    )
+                if code == 0 and entry["partitions"]:
+                    counts[name] = len(entry["partitions"])
+                elif code != UnknownTopicOrPartitionError.errno:
+                    unsettled.append(name)
+            if not unsettled or asyncio.get_running_loop().time() > deadline:
+                break
+            pending = unsettled
+            await asyncio.sleep(0.1)
     except KafkaError as exc:
         await diagnose_authentication(dict(options))
         raise BrokerUnavailable(f"reading the partitions of {', '.join(topics)}: {exc}") from exc
     finally:
         await admin.close()
-    counts: dict[str, int] = {}
-    for entry in response["topics"]:
-        if entry["error_code"] == TOPIC_DENIED:
-            raise NotAuthorized(
-                "Describe", f"topic {entry['topic']!r}", principal=principal_of(options)
-            )
-        if entry["error_code"] == 0:
-            counts[entry["topic"]] = len(entry["partitions"])
     return counts
 
 
