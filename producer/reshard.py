@@ -48,7 +48,7 @@ from producer.kafka.layout import (
     partition_counts,
     standing,
 )
-from producer.kafka.mover import Mover, Placed, fence, grow_partitions
+from producer.kafka.mover import Mover, Placed, await_settled, fence, grow_partitions
 from producer.kafka.options import connection_options, consumer_options, producer_options
 from producer.kafka.reader import TopicReader, header
 from producer.kafka.shards import SHARDS_HEADER, shard_of, transactional_id
@@ -299,6 +299,8 @@ async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) ->
     report.fenced = [transactional_id(kafka.client_id, n) for n in range(old)]
     await fence(producing, report.fenced[1:])
     async with Mover(producing, report.fenced[0]) as mover:  # fences shard-0 as it starts
+        # What the fenced writers left open is being aborted: read once the markers landed.
+        await await_settled(consumer_options(kafka), list(counts))
         for topic, stamp in ((topics.state, False), (topics.checkpoints, True)):
             had = counts.get(topic)
             topic_report = TopicReport(topic, had, had)
@@ -313,7 +315,9 @@ async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) ->
             batches = _Batches(mover, topic_report, shards, stamp=stamp, batch=batch)
             move = _move_checkpoints if stamp else _move_state
             await move(batches, config, topic, shards)
-    layout = await inspect_layout(kafka, shards=shards)  # 6.
+    # 6. Once our commits' markers reached every partition (read_committed sees them).
+    await await_settled(consumer_options(kafka), list(counts))
+    layout = await inspect_layout(kafka, shards=shards)
     if not layout.ok:
         raise NotShardedLayout(
             f"after resharding, the layout is still not that of {shards} shards: "
