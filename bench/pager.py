@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import os
 from typing import Any
+
+import structlog
 
 from bench.scenarios import our_pager, serial_pager
 from bench.sim import SimDistrict, SimProcess
@@ -89,6 +92,7 @@ def main() -> int:
     parser.add_argument("--work-ms", type=float, default=0.0)
     parser.add_argument("--entities", nargs="*")
     args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     load = os.getloadavg()
     out = asyncio.run(measure(args))
     pages = sum(math.ceil(n / PAGE_SIZE) for n in out["entities"].values())

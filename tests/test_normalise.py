@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from producer.avro import DEAD_LETTER, RECORD_NAMES, Schemas
 from producer.events import dead_letter
-from producer.model import ENTITIES, CanonicalRecord, Rejection
+from producer.model import ENTITIES, CanonicalRecord, Rejection, Version
 from producer.normalise import (
     MAX_ID_CHARS,
     MAX_ITEMS,
@@ -424,7 +424,7 @@ _RECORD_QUIRKS += ["date_no_fraction", "inactive_status", "missing_optional"]
 @pytest.mark.parametrize("version", ["1.1", "1.2"])
 @pytest.mark.parametrize("quirks", [(), tuple(_RECORD_QUIRKS), ("date_space",)])
 def test_generated_normalisers_match_the_reference_on_simulator_records(
-    version: str, quirks: tuple[str, ...]
+    version: Version, quirks: tuple[str, ...]
 ) -> None:
     """Every record of a small simulated district (1.1 and 1.2 shapes, with and without the
     record quirks real servers show) normalises to exactly what the reference path gives."""
@@ -479,9 +479,10 @@ def test_generated_normalisers_match_the_reference_on_damaged_simulator_records(
     timestamp that is no date) still gives exactly the reference path's outcome."""
     raw = copy.deepcopy(data.draw(st.sampled_from(_simulated(entity))))
     target = raw
-    containers = [v for v in raw.values() if isinstance(v, dict)]
+    containers: list[dict[str, Any]] = [v for v in raw.values() if isinstance(v, dict)]
     containers += [i for v in raw.values() if isinstance(v, list) for i in v if isinstance(i, dict)]
-    if containers and data.draw(st.booleans()):
+    nested = data.draw(st.booleans())
+    if containers and nested:
         target = data.draw(st.sampled_from(containers))
     key = data.draw(st.sampled_from([*target, "sourcedId", "type", "x"]))
     value = data.draw(
