@@ -422,6 +422,8 @@ class Listing:
         previous = first.records
         pending = self._prefetch(offset) if previous else None
         try:
+            if pending is not None:
+                await asyncio.sleep(0)
             yield first
             while pending is not None:
                 records, total = await pending
@@ -440,6 +442,7 @@ class Listing:
                 offset += len(records)
                 previous = records
                 pending = self._prefetch(offset)
+                await asyncio.sleep(0)  # let the request go out before the consumer works
                 yield page
         finally:
             if pending is not None:
@@ -511,6 +514,8 @@ class Listing:
         try:
             while True:
                 next_offset = self._refill(running, gaps, next_offset, step, total)
+                if running and ready:
+                    await asyncio.sleep(0)  # let the new requests go out before the consumer works
                 for page in ready:
                     yield page
                 ready = []
