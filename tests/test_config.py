@@ -435,3 +435,25 @@ def test_entity_intervals_from_file_and_environment(write: Any) -> None:
     assert err.key == "sync.entity_intervals"
     err = error_of(write(DISTRICT), {**env, "ONEROSTER_CDC__SYNC__ENTITY_INTERVALS": "{orgs ="})
     assert err.key == "ONEROSTER_CDC__SYNC__ENTITY_INTERVALS"
+
+
+def test_shards_default_and_bounds(write):
+    """``kafka.shards`` defaults to 6 and must be 1..1000; a bad value names the key."""
+    assert load_config(write(""), {}).kafka.shards == 6
+    assert load_config(write("[kafka]\nshards = 24\n"), {}).kafka.shards == 24
+    for bad in ("0", "1001", '"six"'):
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(f"[kafka]\nshards = {bad}\n"), {})
+        assert caught.value.key == "kafka.shards"
+
+
+def test_transactional_id_other_than_the_derived_one_is_refused(write):
+    """The transactional id is derived per shard: spelling out the old default still loads,
+    any other value is an error naming the key and saying to set client_id instead."""
+    config = load_config(write('[kafka]\ntransactional_id = "oneroster-cdc-shard-0"\n'), {})
+    assert config.kafka.transactional_id == "oneroster-cdc-shard-0"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write('[kafka]\nclient_id = "a"\ntransactional_id = "b-shard-0"\n'), {})
+    assert caught.value.key == "kafka.transactional_id"
+    assert "<client_id>-shard-<n>" in str(caught.value)
+    assert "set kafka.client_id instead" in str(caught.value)
