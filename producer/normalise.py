@@ -521,19 +521,9 @@ def _fast_ref(value: Any, ref_type: str) -> Any:
     return _SLOW
 
 
-def _fast_refs(value: Any, ref_type: str) -> Any:
-    """``_refs_of(ref_type)(value)`` for a list of plain GUIDRefs, else ``_SLOW``."""
-    if value is None:
-        return []
-    if type(value) is not list or len(value) > MAX_ITEMS:
-        return _SLOW
-    out = []
-    for item in value:
-        ref = _fast_ref(item, ref_type)
-        if ref is None or ref is _SLOW:
-            return _SLOW
-        out.append(ref)
-    return out
+def _fast_req_ref(value: Any, ref_type: str) -> Any:
+    """``_req_ref_of(ref_type)(value)`` for a plain GUIDRef, else ``_SLOW`` (null included)."""
+    return _SLOW if value is None else _fast_ref(value, ref_type)
 
 
 def _fast_strs(value: Any) -> Any:
@@ -550,15 +540,16 @@ def _fast_strs(value: Any) -> Any:
     return list(value)
 
 
-def _fast_each(value: Any, item: Callable[[Any], Any]) -> Any:
-    """``_each(value, ...)`` with ``item`` a generated record check, else ``_SLOW``."""
+def _fast_each(value: Any, item: Callable[..., Any], *args: Any) -> Any:
+    """``_each(value, ...)`` with ``item(one, *args)`` a fast check (a GUIDRef's, a generated
+    record's), else ``_SLOW``."""
     if value is None:
         return []
     if type(value) is not list or len(value) > MAX_ITEMS:
         return _SLOW
     out = []
     for one in value:
-        rec = item(one)
+        rec = item(one, *args)
         if rec is _SLOW:
             return _SLOW
         out.append(rec)
@@ -575,7 +566,7 @@ _FAST_HELPERS: Final[Mapping[str, Any]] = {
     "_encodes": _encodes,
     "_fast_moment": _fast_moment,
     "_fast_ref": _fast_ref,
-    "_fast_refs": _fast_refs,
+    "_fast_req_ref": _fast_req_ref,
     "_fast_strs": _fast_strs,
     "_fast_each": _fast_each,
     "_field": _field,
@@ -615,8 +606,11 @@ class _Source:
                 f"    if {var} is None:",
                 f"        {slow}",
             ]
-        elif kind in ("ref", "refs"):
-            lines = [f"{var} = _fast_{kind}({var}, {arg!r})", f"if {var} is _SLOW:", f"    {slow}"]
+        elif kind == "ref":
+            lines = [f"{var} = _fast_ref({var}, {arg!r})", f"if {var} is _SLOW:", f"    {slow}"]
+        elif kind == "refs":
+            call = f"_fast_each({var}, _fast_req_ref, {arg!r})"
+            lines = [f"{var} = {call}", f"if {var} is _SLOW:", f"    {slow}"]
         elif kind == "strs":
             lines = [f"{var} = _fast_strs({var})", f"if {var} is _SLOW:", f"    {slow}"]
         elif kind == "records":
