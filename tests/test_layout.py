@@ -14,10 +14,17 @@ from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitio
 from producer.config import KafkaConfig
 from producer.errors import GroupLive, NotShardedLayout
 from producer.kafka.fleet import Fleet, describe_fleet, require_no_live_group
-from producer.kafka.layout import Latest, check_layout, current_checkpoints, inspect_layout
+from producer.kafka.layout import (
+    Latest,
+    check_layout,
+    current_checkpoints,
+    inspect_layout,
+    partition_counts,
+)
 from producer.kafka.shards import SHARDS_HEADER, shard_of
 from producer.kafka.topics import TopicNames
 from producer.reshard import checkpoint_district, placed, plan_moves
+from tests.reliability_helpers import eventually
 
 
 def kafka_config(bootstrap: str, prefix: str, shards: int = 3) -> KafkaConfig:
@@ -49,6 +56,13 @@ async def create(bootstrap: str, prefix: str, *, state: int, checkpoints: int) -
         )
     finally:
         await admin.close()
+    # The broker answers before every node's metadata knows the new topics.
+    wanted = {names.state: state, names.checkpoints: checkpoints}
+
+    async def known() -> bool:
+        return await partition_counts({"bootstrap_servers": bootstrap}, list(wanted)) == wanted
+
+    await eventually(known, within=30, interval=0.1, message="the topics are known")
 
 
 @pytest.fixture
