@@ -333,6 +333,11 @@ class Daemon:
             self._take(shards), name="shards:assign", context=contextvars.Context()
         )
 
+    def group_failed(self, error: NotAuthorized) -> None:
+        """The group refused this instance (a missing ACL): stop with exit 1."""
+        log.error("daemon.not_authorized", error=str(error))
+        self._fail()
+
     async def shards_revoked(self, shards: frozenset[int]) -> None:
         """Stop the revoked shards' polls (within ``shutdown_grace``), then close them."""
         if shards or self.service.shards:  # the first join revokes nothing

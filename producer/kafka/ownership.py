@@ -37,7 +37,7 @@ from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitio
 from aiokafka.errors import KafkaError
 
 from producer.config import KafkaConfig
-from producer.errors import BrokerUnavailable
+from producer.errors import BrokerUnavailable, NotAuthorized
 from producer.kafka.authz import denied
 from producer.kafka.options import connection_options
 
@@ -53,6 +53,10 @@ class ShardListener(Protocol):
 
     def shards_assigned(self, shards: frozenset[int]) -> None:
         """The shards owned from now on; must not block (start them in a task)."""
+        ...
+
+    def group_failed(self, error: NotAuthorized) -> None:
+        """The group refused this member (a missing ACL): it owns nothing and never will."""
         ...
 
 
@@ -132,6 +136,11 @@ class Ownership:
             try:
                 found = await self._consumer.getmany(timeout_ms=1000)
             except KafkaError as exc:
+                refused = denied(exc, operation="Read", topic=self.topic, options=self._options)
+                if refused is not None:
+                    log.error("group.not_authorized", group=self.group_id, error=str(refused))
+                    self._listener.group_failed(refused)
+                    return
                 log.warning("group.poll_failed", group=self.group_id, error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
