@@ -30,7 +30,14 @@ from producer.simulator import DistrictSpec, Simulator
 from tests.checker import compare_with_truth, rebuild, truth_snapshot
 from tests.conftest import ROOT, ServeSimulator
 from tests.harness import config_document, write_config
-from tests.reliability_helpers import _env, cli_command, eventually, parse_log_lines, run_cli
+from tests.reliability_helpers import (
+    DaemonProcess,
+    _env,
+    cli_command,
+    eventually,
+    parse_log_lines,
+    run_cli,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -412,3 +419,50 @@ async def test_reshard_to_more_shards_fences_every_old_writer_and_refuses_to_shr
     assert "--shards: must be between 1 and 1000, not 0" in zero.stderr
     assert (await rebuild(kafka_bootstrap, unique_prefix)).event_ids == synced.event_ids
     await check_layout(kafka)
+
+
+@pytest.mark.timeout(300)
+async def test_a_running_daemon_is_named_as_every_shards_owner_and_sync_refuses(
+    sim: Simulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """With ``oneroster-cdc run`` up, ``status --json`` names its instance
+    (``<client_id>@<host>:<pid>``) as the owner of each district's shard, and ``sync --all``
+    exits 1 naming it; after the daemon stops, ``sync --all`` runs."""
+    doc = document(sim, kafka_bootstrap, unique_prefix, tmp_path / "state")
+    config = write_config(tmp_path / "c.toml", doc)
+    logs = tmp_path / "logs"
+    daemon = DaemonProcess(config, logs)
+    try:
+        daemon.start()
+        assert daemon.proc is not None
+        instance = f"{unique_prefix}@"
+        pid = f":{daemon.proc.pid}"
+
+        async def owned() -> list[dict[str, Any]] | None:
+            listed = await run_cli(config, "status", "--json", logs=logs)
+            rows = [json.loads(x) for x in listed.stdout.splitlines()]
+            done = {r["district"] for r in rows} == set(DISTRICTS) and all(r["owner"] for r in rows)
+            return rows if done else None
+
+        rows = await eventually(owned, within=120, interval=1.0, message="owners shown")
+        for row in rows:
+            assert row["owner"].startswith(instance)
+            assert row["owner"].endswith(pid)
+            assert row["group_live"] is True
+        refused = await run_cli(config, "sync", "--all", logs=logs)
+        assert refused.returncode == 1
+        assert rows[0]["owner"] in refused.stderr
+        assert "Stop the daemons" in refused.stderr
+    finally:
+        await daemon.terminate()
+        daemon.close()
+    await eventually(
+        lambda: _no_member(config_from_mapping(doc, {}).kafka), within=60, message="group empty"
+    )
+    after = await run_cli(config, "sync", "--all", logs=logs)
+    assert after.returncode == 0, after.stderr[-3000:]
+
+
+async def _no_member(kafka: KafkaConfig) -> bool:
+    """Whether the group has no live member."""
+    return not (await describe_fleet(kafka)).live
