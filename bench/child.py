@@ -46,7 +46,7 @@ async def memory(config_path: Path, district_id: str | None) -> dict[str, object
     service = Service(config)
     started = time.monotonic()
     await service.start()
-    restored = service.store.count()
+    restored = service.state_keys()
     out: dict[str, object] = {
         "baseline_rss": baseline,
         "restore_seconds": time.monotonic() - started,
@@ -59,7 +59,7 @@ async def memory(config_path: Path, district_id: str | None) -> dict[str, object
         results = await service.sync(district_id, full=True)
         out["sync_records"] = sum(r.fetched for r in results)
         out["sync_seconds"] = time.monotonic() - started
-    out["keys"] = service.store.count()
+    out["keys"] = service.state_keys()
     out["rss_end"] = rss()
     out["peak_rss"] = peak()
     await service.close()

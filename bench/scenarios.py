@@ -27,6 +27,7 @@ from producer.client import OneRosterClient
 from producer.config import Config
 from producer.events import Batch
 from producer.kafka.restore import restore_from_kafka
+from producer.kafka.writer import TransactionalWriter
 from producer.model import Entity, Secret
 from producer.retry import RetryPolicy
 from producer.scheduler import Scheduler
@@ -38,12 +39,16 @@ from producer.state import StateStore, StateWrite
 
 
 class CommitCounter:
-    """Counts the writer's transactions and messages (wraps ``TransactionalWriter.commit``)."""
+    """Counts the writers' transactions and messages (wraps each shard's
+    ``TransactionalWriter.commit``)."""
 
     def __init__(self, service: Service) -> None:
         self.commits = 0
         self.messages = 0
-        writer = service.writer
+        for shard in service.shards.values():
+            self._wrap(shard.writer)
+
+    def _wrap(self, writer: TransactionalWriter) -> None:
         inner = writer.commit
 
         async def commit(batch: Batch) -> None:
@@ -99,7 +104,7 @@ async def write_synthetic_state(
         for i in range(start, min(keys, start + chunk)):
             value, digest = real[i % len(real)]
             writes.append(StateWrite("users", "synthetic", f"syn-{i:09d}", digest, value))
-        await service.writer.commit(Batch(state=writes))
+        await service.writer_for("synthetic").commit(Batch(state=writes))
     return Figure(keys, time.monotonic() - started)
 
 
@@ -125,7 +130,7 @@ async def warm_restart(config: Config) -> Figure:
     started = time.monotonic()
     await service.start()
     seconds = time.monotonic() - started
-    keys = service.store.count()
+    keys = service.state_keys()
     await service.close()
     return Figure(keys, seconds)
 

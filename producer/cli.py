@@ -397,7 +397,7 @@ async def _confirm(config: Config, district_id: str, entity: Entity) -> int:
 
     async with Service(config) as service:
         await _districts(service, config, [district_id])
-        held = service.book.get(district_id, entity).held_deletes
+        held = service.checkpoint(district_id, entity).held_deletes
         results = await service.sync(district_id, entities=[entity], confirm_deletes=True)
     deleted = sum(r.deleted for r in results)
     print(f"{district_id}/{entity}: {held} delete(s) were held; {deleted} applied")

@@ -216,11 +216,17 @@ class KafkaConfig(_Section):
     sasl_password: SecretValue | None = None
     ssl_cafile: FilePath | None = None
     partitions: int = Field(default=6, ge=1, le=10_000)
+    #: Shards of the deployment: the state and checkpoints topics have exactly this many
+    #: partitions, a district's shard is ``producer.kafka.shards.shard_of`` (murmur2 of its id
+    #: modulo this), and each shard has its own transactional producer and SQLite file.
+    #: Changing it on an existing deployment takes ``oneroster-cdc reshard --shards N``.
+    shards: int = Field(default=6, ge=1, le=1000)
     #: Replication factor of topics the producer creates; -1 leaves it to the broker default.
     replication_factor: int = Field(default=-1, ge=-1, le=100)
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
-    #: Stable per shard so a restarted or zombie instance is fenced; default
-    #: ``"<client_id>-shard-0"`` (a lone process owns shard 0).
+    #: Derived per shard as ``<client_id>-shard-<n>`` (``producer.kafka.shards``); kept as a
+    #: key only so that 0.1.0 configs which spelled out the old default still load. Any other
+    #: value is an error: set ``client_id`` instead.
     transactional_id: Name = ""
     #: ``retention.ms`` of the event topics; unset keeps history forever.
     event_retention: Duration | None = None
@@ -234,6 +240,17 @@ class KafkaConfig(_Section):
             client_id = data.get("client_id", "oneroster-cdc")
             return {**data, "transactional_id": f"{client_id}-shard-0"}
         return data
+
+    @model_validator(mode="after")
+    def _check_transactional_id(self) -> Self:
+        if self.transactional_id != f"{self.client_id}-shard-0":
+            raise _FieldProblem(
+                "transactional_id",
+                f"is derived per shard as `<client_id>-shard-<n>` "
+                f"({self.client_id}-shard-0 .. {self.client_id}-shard-{self.shards - 1}); "
+                f"{self.transactional_id!r} cannot be set: set kafka.client_id instead",
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_security(self) -> Self:

@@ -136,7 +136,15 @@ TOPICS: Final[tuple[TopicDoc, ...]] = (
             f"`{CHECKPOINT}`: cursor, last full/delta sync, cumulative counts, held deletes, "
             "`delta_supported`"
         ),
-        headers=_common_headers(),
+        headers=_common_headers(
+            (
+                Header(
+                    "shards",
+                    "The shard count (`kafka.shards`, decimal) the checkpoint was written for; "
+                    "it sits in partition `shard_of(district_id)`.",
+                ),
+            )
+        ),
         tombstone=None,
     ),
     TopicDoc(

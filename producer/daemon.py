@@ -106,24 +106,34 @@ class Daemon:
         for district_id in service.district_ids:
             source = service.districts.get(district_id)
             known = scheduled.get(district_id)
+            shard = service.shard_number(district_id)
+            owner = service.shards.get(shard)
             districts.append(
                 district_row(
                     district_id,
                     origin="classlink" if source.discovered is not None else "config",
                     version=source.config.version,
-                    checkpoints=[service.book.get(district_id, e) for e in source.entities],
+                    checkpoints=[owner.book.get(district_id, e) for e in source.entities]
+                    if owner is not None
+                    else [],
                     now=now,
                     circuit_open=known.circuit_open if known else False,
                     consecutive_failures=known.consecutive_failures if known else 0,
                     running=known.running if known else False,
                     last_error=known.last_error_detail or known.last_error if known else None,
                     last_success=known.last_success if known else None,
+                    shard=shard,
+                    owned=owner is not None,
                 )
             )
         kafka = self.config.kafka
         return {
             "generated_at": iso(now),
-            "instance": {"topic_prefix": kafka.topic_prefix, "shards": [kafka.transactional_id]},
+            "instance": {
+                "topic_prefix": kafka.topic_prefix,
+                "shard_count": kafka.shards,
+                "shards": sorted(service.shards),
+            },
             "readiness": {
                 "ready": bool(checks) and all(c.ok for c in checks),
                 "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},

@@ -16,9 +16,10 @@ local store has no row of it. Event history and dead letters are not rewritten (
 they age out with ``kafka.event_retention``; consumers apply the DELETED events and tombstones to
 erase their copies.
 
-The command runs through ``Service``, so it starts the shard's transactional producer and fences
-a running daemon with the same ``transactional_id`` (which stops with ``daemon.fenced``), exactly
-as ``confirm-deletes`` does; nothing of a fenced daemon's open transaction is committed. A
+The command runs through ``Service``, whose writers (one per shard) fence any running owner of
+the shards (a daemon then stops with ``daemon.fenced``), exactly as ``confirm-deletes`` does;
+nothing of a fenced daemon's open transaction is committed. Everything goes through the shard of
+the district: its store, its writer (state and checkpoint tombstones land in its partition). A
 district the config still lists is refused unless forced: its next poll would snapshot it again.
 """
 
@@ -57,7 +58,8 @@ class ForgetResult:
 async def forget_district(service: Service, district_id: str, *, batch_size: int) -> ForgetResult:
     """Tombstone every record and checkpoint of ``district_id`` (steps in the module docstring);
     ``service`` must be started (its store restored, its checkpoints read)."""
-    store, encoder = service.store, service.encoder
+    shard = service.shard_for(district_id)
+    store, writer, encoder = shard.store, shard.writer, service.encoder
     result = ForgetResult(district_id, uuid.uuid4().hex)
     batch = Batch()
     with structlog.contextvars.bound_contextvars(district=district_id, sync_id=result.sync_id):
@@ -78,16 +80,16 @@ async def forget_district(service: Service, district_id: str, *, batch_size: int
                         raise EncodingError(f"forget {entity}/{sid}: {why}")
                 result.deleted[entity] = result.deleted.get(entity, 0) + len(chunk)
                 if len(batch.state) >= batch_size:
-                    await service.writer.commit(batch)
+                    await writer.commit(batch)
                     batch = Batch()
         # 3.
-        for cp in service.book.all():
+        for cp in shard.book.all():
             if cp.district_id == district_id:
                 batch.events.append(OutRecord(encoder.topics.checkpoints, cp.key.encode(), None))
                 result.checkpoints += 1
-        await service.writer.commit(batch)
-        service.book.drop(district_id)
-        service.metrics.state_keys(store.count())
+        await writer.commit(batch)
+        shard.book.drop(district_id)
+        service.metrics.state_keys(service.state_keys())
         log.info(
             "forget.done",
             records=result.total,

@@ -110,6 +110,20 @@ class Metrics:
             "oneroster_state_keys", "Keys in the local state store.", registry=r
         )
         self._ready = Gauge("oneroster_ready", "1 when /readyz answers 200.", registry=r)
+        self._shards_owned = Gauge(
+            "oneroster_shards_owned", "Shards this instance owns now.", registry=r
+        )
+        self._rebalances = Counter(
+            "oneroster_rebalances",
+            "Group rebalances this instance went through (assignments received).",
+            registry=r,
+        )
+        self._shard_restore_seconds = Gauge(
+            "oneroster_shard_restore_seconds",
+            "Seconds the last restore of a shard took (state and checkpoints).",
+            ["shard"],
+            registry=r,
+        )
         self._district_series: dict[str, set[tuple[_Metric, tuple[str, ...]]]] = {}
 
     def _labels(self, metric: _Metric, *values: str) -> tuple[str, ...]:
@@ -169,6 +183,18 @@ class Metrics:
     def state_keys(self, n: int) -> None:
         """Keys held by the local state store."""
         self._state_keys.set(n)
+
+    def shards_owned(self, n: int) -> None:
+        """How many shards this instance owns."""
+        self._shards_owned.set(n)
+
+    def rebalance(self) -> None:
+        """One assignment received from the group."""
+        self._rebalances.inc()
+
+    def shard_restored(self, shard: int, seconds: float) -> None:
+        """The last restore of ``shard`` took ``seconds``."""
+        self._shard_restore_seconds.labels(str(shard)).set(seconds)
 
     def ready(self, ready: bool) -> None:
         """Whether the daemon is ready (``/readyz``)."""

@@ -7,6 +7,11 @@ holds, per key, the digest of the canonical record and the record's encoded valu
 it sits in the state topic (single-object Avro), so ``before`` images come from disk, not from
 memory: the process's memory per key is a SQLite page-cache share, not a record.
 
+One file per shard (``<client_id>-shard-<n>.sqlite``): it mirrors partition n of the state
+topic only. Its ``meta`` says which layout it was written for (``shards`` and ``shard``) and
+when it was last brought up to date with the topic (``synced_at``); ``claim`` wipes a file of
+another layout, or one too old to trust its deletes, so the restore rebuilds it.
+
 The state-topic record format is ``producer.kafka.statetopic``; bringing the store up to the
 topic's end at start is ``producer.kafka.restore``. This module is SQLite alone.
 """
@@ -14,6 +19,7 @@ topic's end at start is ``producer.kafka.restore``. This module is SQLite alone.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +63,12 @@ _COLD_RESTORE: Final = "cold_restore"
 #: ``meta`` row holding the number of keys in ``records``, moved by every write (a count(*)
 #: of a million-key store is a full scan); absent in a store written before it existed.
 _KEYS: Final = "keys"
+#: ``meta`` rows of the layout the file was written for: the shard count and its shard.
+_SHARDS: Final = "shards"
+_SHARD: Final = "shard"
+#: ``meta`` row: epoch seconds when the store last matched the state topic (a write or a
+#: completed restore).
+_SYNCED_AT: Final = "synced_at"
 
 #: A row to upsert: (entity, district, sid, digest, value, raw digest).
 Row = tuple[str, str, str, bytes, bytes, bytes | None]
@@ -301,6 +313,9 @@ class StateStore:
                 ).rowcount
             if moved:
                 db.execute("UPDATE meta SET value = value + ? WHERE name = ?", (moved, _KEYS))
+            db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (_SYNCED_AT, time.time())
+            )
             if offsets:
                 db.executemany(
                     "INSERT INTO offsets (topic, partition, next) VALUES (?, ?, ?) "
@@ -323,6 +338,58 @@ class StateStore:
             "UPDATE records SET raw = ? WHERE entity = ? AND district = ? AND sid = ?",
             [(raw, entity, district_id, sid) for sid, raw in pairs],
         )
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def claim(
+        self, *, shards: int, shard: int, max_age: float, now: float | None = None
+    ) -> str | None:
+        """Make this file shard ``shard`` of ``shards``: wipe it (and say why) when it was written
+        for another layout (or by a release without shards), or when its data is older than
+        ``max_age`` seconds (the topic's tombstones of that time may be compacted away, so a
+        warm restore could miss deletes). Returns the reason it was wiped, or None."""
+        meta = dict(self.db.execute("SELECT name, value FROM meta"))
+        layout = (meta.get(_SHARDS), meta.get(_SHARD))
+        has_data = bool(self.offsets_any() or self.count())
+        reason: str | None = None
+        if layout != (shards, shard) and (has_data or layout != (None, None)):
+            found = "no layout" if layout == (None, None) else f"shard {layout[1]} of {layout[0]}"
+            reason = f"written for {found}, not shard {shard} of {shards}"
+        elif has_data:
+            synced = meta.get(_SYNCED_AT)
+            age = None if synced is None else (time.time() if now is None else now) - float(synced)
+            if age is None or age > max_age:
+                reason = (
+                    "no record of when it was last synced"
+                    if age is None
+                    else f"last synced {age:.0f}s ago, more than {max_age:.0f}s"
+                )
+        if reason is not None:
+            self.wipe()
+        db = self.db
+        db.executemany(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+            [(_SHARDS, shards), (_SHARD, shard)],
+        )
+        return reason
+
+    def layout(self) -> tuple[int, int] | None:
+        """``(shards, shard)`` this file was claimed for, if any."""
+        meta = dict(self.db.execute("SELECT name, value FROM meta"))
+        if meta.get(_SHARDS) is None or meta.get(_SHARD) is None:
+            return None
+        return int(meta[_SHARDS]), int(meta[_SHARD])
+
+    def mark_synced(self, now: float | None = None) -> None:
+        """The store matches the state topic now (a restore reached its end)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+            (_SYNCED_AT, time.time() if now is None else now),
+        )
+
+    def offsets_any(self) -> bool:
+        """Whether any state-topic offset is stored (the store has followed a topic)."""
+        return self.db.execute("SELECT 1 FROM offsets LIMIT 1").fetchone() is not None
 
     # -- cold restore --------------------------------------------------------------------------
 
@@ -366,5 +433,6 @@ class StateStore:
         db.execute("DELETE FROM records")
         db.execute("DELETE FROM offsets")
         db.execute("DELETE FROM seen")
+        db.execute("DELETE FROM meta WHERE name = ?", (_SYNCED_AT,))
         db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, 0)", (_KEYS,))
         db.execute("COMMIT")

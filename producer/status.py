@@ -85,12 +85,18 @@ def district_row(
     running: bool = False,
     last_error: str | None = None,
     last_success: float | None = None,
+    shard: int | None = None,
+    owned: bool = True,
 ) -> Row:
-    """One district of the status snapshot (``last_error`` must already be redacted)."""
+    """One district of the status snapshot (``last_error`` must already be redacted): its
+    shard, and whether this instance owns that shard (when not, another instance polls it and
+    this one has no checkpoint of it to show)."""
     return {
         "id": district_id,
         "origin": origin,
         "version": version,
+        "shard": shard,
+        "owned": owned,
         "circuit_open": circuit_open,
         "consecutive_failures": consecutive_failures,
         "running": running,

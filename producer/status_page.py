@@ -121,6 +121,9 @@ def _district(d: Mapping[str, Any], now: datetime) -> str:
         + (f" ({_e(d['consecutive_failures'])} failures)" if d.get("consecutive_failures") else "")
         + "</span>",
     ]
+    if d.get("shard") is not None:
+        owner = "" if d.get("owned", True) else " (another instance)"
+        tags.append(f'<span class="tag shard">shard {_e(d["shard"])}{owner}</span>')
     if d.get("running"):
         tags.append('<span class="tag running">syncing</span>')
     parts = [
@@ -175,7 +178,9 @@ def render_fragment(snapshot: Mapping[str, Any]) -> str:
 def render_page(snapshot: Mapping[str, Any]) -> str:
     """The whole document: header, the fragment, and the refresh script."""
     instance = snapshot.get("instance", {})
-    shards = ", ".join(str(s) for s in instance.get("shards", ()))
+    shards = ", ".join(str(s) for s in instance.get("shards", ())) or "none"
+    if instance.get("shard_count") is not None:
+        shards += f" of {instance['shard_count']}"
     return (
         "<!DOCTYPE html>"
         '<html lang="en"><head><meta charset="utf-8">'

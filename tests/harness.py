@@ -30,6 +30,7 @@ def make_config(
     sync: dict[str, Any] | None = None,
     district_overrides: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    kafka: dict[str, Any] | None = None,
 ) -> Config:
     """A validated config for ``sim``'s districts under a unique topic prefix."""
     document = config_document(
@@ -41,6 +42,7 @@ def make_config(
         sync=sync,
         district_overrides=district_overrides,
         extra=extra,
+        kafka=kafka,
     )
     return config_from_mapping(document, {})
 
@@ -107,6 +109,7 @@ def config_document(
     http_listen: str = "127.0.0.1:0",
     classlink: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    kafka: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The config of ``sim``'s districts as a TOML-ready mapping (unique prefix and client id)."""
     ids = list(districts) if districts is not None else [d.spec.id for d in sim.districts]
@@ -118,6 +121,7 @@ def config_document(
             "partitions": 3,
             "replication_factor": 1,
             "compression": "lz4",
+            **(kafka or {}),
         },
         "sync": {
             "poll_interval": "1s",

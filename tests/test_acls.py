@@ -220,8 +220,8 @@ async def test_exact_acls_let_the_producer_sync_and_readers_read_only_their_topi
     created: dict[str, int] = {r.entity: r.created for r in results}
     assert all(created[e] > 0 for e in ENTITIES), created
     async with Service(config) as service:  # warm restart: restore + checkpoints as producer
-        assert service.book.get("acl", "users").record_count == created["users"]
-        assert service.store.count() == sum(created.values())
+        assert service.checkpoint("acl", "users").record_count == created["users"]
+        assert service.state_keys() == sum(created.values())
 
     group = f"{prefix}-readers"
     await acl_broker.grant("consumer", consumer_acls(prefix, group))

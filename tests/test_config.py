@@ -413,3 +413,25 @@ def test_demo_configs_match_the_default_simulator():
             assert district.client_id == spec.client_id
             assert district.client_secret == Secret(spec.client_secret)
             assert district.base_url.endswith("/" + district.id)
+
+
+def test_shards_default_and_bounds(write):
+    """``kafka.shards`` defaults to 6 and must be 1..1000; a bad value names the key."""
+    assert load_config(write(""), {}).kafka.shards == 6
+    assert load_config(write("[kafka]\nshards = 24\n"), {}).kafka.shards == 24
+    for bad in ("0", "1001", '"six"'):
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(f"[kafka]\nshards = {bad}\n"), {})
+        assert caught.value.key == "kafka.shards"
+
+
+def test_transactional_id_other_than_the_derived_one_is_refused(write):
+    """The transactional id is derived per shard: spelling out the old default still loads,
+    any other value is an error naming the key and saying to set client_id instead."""
+    config = load_config(write('[kafka]\ntransactional_id = "oneroster-cdc-shard-0"\n'), {})
+    assert config.kafka.transactional_id == "oneroster-cdc-shard-0"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write('[kafka]\nclient_id = "a"\ntransactional_id = "b-shard-0"\n'), {})
+    assert caught.value.key == "kafka.transactional_id"
+    assert "<client_id>-shard-<n>" in str(caught.value)
+    assert "set kafka.client_id instead" in str(caught.value)

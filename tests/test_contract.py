@@ -83,7 +83,7 @@ async def test_schemas_are_published_once_and_only_what_is_missing(
     assert gone is not None
     async with Service(config) as service:
         # Remove one schema (a tombstone), as an operator cleaning the topic might.
-        await service.writer.publish([OutRecord(topic, gone, None)])
+        await service.shards[0].writer.publish([OutRecord(topic, gone, None)])
     async with Service(config):
         pass
     after = await read_all(kafka_bootstrap, topic)

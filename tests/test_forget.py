@@ -124,12 +124,12 @@ async def test_forget_erases_a_district_and_compaction_leaves_nothing_of_it(
     assert {k: v for k, v in latest.items() if "/f1/" in k and v is not None} == {}
 
     async with Service(without) as service:  # warm: the store applied the tombstones
-        assert service.store.count() == sum(len(after.keys(e, "f2")) for e in ENTITIES)
+        assert service.state_keys() == sum(len(after.keys(e, "f2")) for e in ENTITIES)
         assert not [c for c in service.checkpoints() if c.district_id == "f1"]
     cold, _ = configs(sim, kafka_bootstrap, unique_prefix, tmp_path / "cold")
     async with Service(cold.model_copy(update={"districts": cold.districts[1:]})) as service:
-        assert all(service.store.count(e, "f1") == 0 for e in ENTITIES)
-        assert service.store.count() == sum(len(after.keys(e, "f2")) for e in ENTITIES)
+        assert all(service.store_for("f1").count(e, "f1") == 0 for e in ENTITIES)
+        assert service.state_keys() == sum(len(after.keys(e, "f2")) for e in ENTITIES)
 
     # Compaction: new f2 writes roll the segments holding f1's records and tombstones (in every
     # partition); the cleaner then drops the records and, on a later pass (their delete

@@ -187,7 +187,7 @@ async def test_checkpoint_counts_match_committed_events_after_an_interrupted_pas
         async with Service(config) as service:
             task = asyncio.create_task(service.sync("counts"))
             # orgs..users hold 121 records: past 150 the enrollments pass has committed batches
-            await eventually(lambda: service.store.count() >= 150, within=60, interval=0.01)
+            await eventually(lambda: service.state_keys() >= 150, within=60, interval=0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

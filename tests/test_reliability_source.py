@@ -249,7 +249,7 @@ async def test_shifting_offsets_never_miss_a_record_nor_delete_a_live_one(
                 completed += 1
                 after = truth_snapshot(sim, ("users", "enrollments"))
                 for entity in ("users", "enrollments"):
-                    held = set(service.store.sourced_ids(entity, "shift"))
+                    held = set(service.store_for("shift").sourced_ids(entity, "shift"))
                     stable = set(before[entity]) & set(after[entity])
                     missed += [f"{entity} {k}" for k in stable if k.split("/", 1)[1] not in held]
             during = await rebuild(kafka_bootstrap, unique_prefix)
@@ -309,7 +309,7 @@ async def test_a_delete_and_a_create_between_pages_do_not_delete_a_live_record(
             assert shifted.ops["DELETED"] == 0  # the victim was read before it was deleted
             await service.sync("slide", full=True)
             rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
-            held = set(service.store.sourced_ids("users", "slide"))
+            held = set(service.store_for("slide").sourced_ids("users", "slide"))
     assert absent_deletes_of_live_records(rebuilt, sim) == []
     assert rebuilt.ops["DELETED"] == 1
     assert set(sim.district("slide").truth_state("users")) <= held

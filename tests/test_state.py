@@ -126,3 +126,45 @@ def test_an_in_memory_store_leaves_the_working_directory_alone(
     store.close()
     assert list(workdir.iterdir()) == []
     assert stat.S_IMODE(workdir.stat().st_mode) == 0o755
+
+
+def test_claim_wipes_a_file_of_another_layout_and_keeps_its_own(tmp_path: Path) -> None:
+    """A store written before shards existed, or for another shard or count, is wiped (the
+    restore rebuilds it) and then belongs to the claimed shard; claiming it again as the same
+    shard keeps what it holds."""
+    store = _store(tmp_path)  # no layout: a 0.1.0 single-file store
+    reason = store.claim(shards=6, shard=0, max_age=3600)
+    assert reason is not None
+    assert "no layout" in reason
+    assert (store.count(), store.offsets("t.state"), store.layout()) == (0, {}, (6, 0))
+    store.apply([StateWrite("orgs", "d1", "a", b"x", b"v")], topic="t.state", offsets={0: 3})
+    assert store.claim(shards=6, shard=0, max_age=3600) is None
+    assert store.count() == 1
+    reason = store.claim(shards=6, shard=1, max_age=3600)
+    assert reason == "written for shard 0 of 6, not shard 1 of 6"
+    assert store.count() == 0
+    store.apply([StateWrite("orgs", "d1", "a", b"x", b"v")], topic="t.state", offsets={1: 3})
+    assert store.claim(shards=3, shard=1, max_age=3600) is not None
+    assert store.count() == 0
+    store.close()
+
+
+def test_claim_wipes_a_store_older_than_the_age_limit(tmp_path: Path) -> None:
+    """A store last synced longer ago than ``max_age`` (half the state topic's tombstone
+    retention: deletes of that time may be compacted away) is wiped; a fresh one is kept, and
+    a completed restore counts as synced."""
+    store = StateStore(tmp_path / "s.sqlite")
+    assert store.claim(shards=2, shard=1, max_age=100) is None  # empty: nothing to distrust
+    store.apply([StateWrite("orgs", "d1", "a", b"x", b"v")], topic="t.state", offsets={1: 3})
+    synced = store.db.execute("SELECT value FROM meta WHERE name = 'synced_at'").fetchone()[0]
+    assert store.claim(shards=2, shard=1, max_age=100, now=synced + 99) is None
+    assert store.count() == 1
+    reason = store.claim(shards=2, shard=1, max_age=100, now=synced + 101)
+    assert reason is not None
+    assert "more than 100s" in reason
+    assert store.count() == 0
+    store.apply([StateWrite("orgs", "d1", "a", b"x", b"v")], topic="t.state", offsets={1: 4})
+    store.mark_synced(now=synced + 1000)
+    assert store.claim(shards=2, shard=1, max_age=100, now=synced + 1050) is None
+    assert store.count() == 1
+    store.close()

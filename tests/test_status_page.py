@@ -49,7 +49,7 @@ def _snapshot(**district: Any) -> dict[str, Any]:
     }
     return {
         "generated_at": "2026-12-01T10:02:05.000Z",
-        "instance": {"topic_prefix": "oneroster", "shards": ["oneroster-cdc-shard-0"]},
+        "instance": {"topic_prefix": "oneroster", "shard_count": 6, "shards": [0, 4]},
         "readiness": {"ready": False, "checks": {"broker": {"ok": False, "detail": HOSTILE}}},
         "districts": [
             {

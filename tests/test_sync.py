@@ -121,13 +121,13 @@ async def test_restarts_warm_and_cold_emit_nothing_new(
         assert {c.entity: c.cursor for c in warm.checkpoints()} == cursors
         assert all(r.mode == "DELTA" for r in await warm.sync("d12"))
         assert all(r.mode == "FULL" for r in await warm.sync("d12", full=True))
-        keys = warm.store.count()
+        keys = warm.state_keys()
 
     cold_config = make_config(
         sim, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path / "cold"
     )
     async with Service(cold_config) as cold:
-        assert cold.store.count() == keys > 0
+        assert cold.state_keys() == keys > 0
         await cold.sync("d12", full=True)
     after = await rebuild(kafka_bootstrap, unique_prefix)
     assert after.ops == before.ops
@@ -150,12 +150,12 @@ async def test_interrupted_snapshot_resumes_exactly_once(
         )
         async with Service(config) as service:
             task = asyncio.create_task(service.sync("big"))
-            while service.store.count() < 300:  # noqa: ASYNC110 - polling a sync store, no event to wait on
+            while service.state_keys() < 300:  # noqa: ASYNC110 - polling a sync store, no event to wait on
                 await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            partial = service.store.count()
+            partial = service.state_keys()
         async with Service(config) as again:
             await again.sync("big")
         rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
@@ -181,7 +181,7 @@ async def test_mass_delete_guard_holds_then_confirm_applies_once(
         results = await service.sync("d12", full=True, entities=["users"])
         assert results[0].held_deletes == len(gone)
         assert results[0].deleted == 0
-        cp: Checkpoint = service.book.get("d12", "users")
+        cp: Checkpoint = service.checkpoint("d12", "users")
         assert cp.held_deletes == len(gone)
         assert (await rebuild(kafka_bootstrap, unique_prefix)).ops["DELETED"] == 0
         metrics = service.metrics.render().decode()
@@ -189,7 +189,7 @@ async def test_mass_delete_guard_holds_then_confirm_applies_once(
 
         confirmed = await service.sync("d12", entities=["users"], confirm_deletes=True)
         assert confirmed[0].deleted == len(gone)
-        assert service.book.get("d12", "users").held_deletes == 0
+        assert service.checkpoint("d12", "users").held_deletes == 0
         await service.sync("d12", full=True, entities=["users"])
     rebuilt = await rebuild(kafka_bootstrap, unique_prefix)
     assert rebuilt.ops["DELETED"] == len(gone)
@@ -212,7 +212,7 @@ async def test_sources_without_delta_filter_fall_back_to_full_listings(
         sid = sorted(truth_keys(sim, "d12", "users"))[0]
         d12.update("users", sid, familyName="Changed")
         await service.sync("d12")
-        assert service.book.get("d12", "users").delta_supported is False
+        assert service.checkpoint("d12", "users").delta_supported is False
         results = await service.sync("d12")
         assert {r.mode for r in results} == {"FULL"}
     rebuilt = await rebuild(kafka_bootstrap, unique_prefix)

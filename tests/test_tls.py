@@ -112,7 +112,7 @@ async def test_https_source_with_an_untrusted_certificate_is_refused(
     async with Service(config) as service:
         with pytest.raises(SourceError) as caught:
             await service.sync(DISTRICT)
-        assert service.book.all() == []
+        assert service.checkpoints() == []
     message = str(caught.value).lower()
     assert "certificate verify failed" in message
     assert "127.0.0.1" in message  # which server

@@ -36,6 +36,8 @@ async def env(kafka_bootstrap: str, unique_prefix: str, tmp_path: Path):
         producer_config={"bootstrap_servers": kafka_bootstrap},
         transactional_id=f"{unique_prefix}-shard-0",
         state_topic=names.state,
+        checkpoints_topic=names.checkpoints,
+        shards=6,
         store=store,
     )
     await writer.start()
@@ -132,6 +134,8 @@ async def test_cancelled_batch_leaves_nothing_visible_and_store_untouched(
         producer_config={"bootstrap_servers": kafka_bootstrap},
         transactional_id=f"{unique_prefix}-shard-paused",
         state_topic=names.state,
+        checkpoints_topic=names.checkpoints,
+        shards=6,
         store=store,
     )
     try:
@@ -161,6 +165,8 @@ async def test_restart_with_same_transactional_id_fences_the_old_writer(
         producer_config={"bootstrap_servers": kafka_bootstrap},
         transactional_id=writer.transactional_id,
         state_topic=names.state,
+        checkpoints_topic=names.checkpoints,
+        shards=6,
         store=other_store,
     )
     await newer.start()

@@ -121,11 +121,33 @@ def kafka_errors(
         raise BrokerUnavailable(f"{action}: {exc}") from exc
 
 
+def _chosen(
+    found: list[TopicPartition], only: frozenset[int] | None, action: str
+) -> list[TopicPartition]:
+    """The partitions of ``found`` numbered in ``only`` (all when None); one that the topic
+    lacks is an error."""
+    if only is None:
+        return found
+    missing = only - {tp.partition for tp in found}
+    if missing:
+        raise BrokerUnavailable(
+            f"{action}: topic {found[0].topic!r} has no partition "
+            f"{', '.join(map(str, sorted(missing)))} ({len(found)} partition(s))"
+        )
+    return [tp for tp in found if tp.partition in only]
+
+
 class TopicReader:
-    """A read_committed, group-less consumer of every partition of ``topics``."""
+    """A read_committed, group-less consumer of every partition of ``topics`` (or of those
+    numbered in ``partitions``)."""
 
     def __init__(
-        self, consumer_config: Mapping[str, Any], *topics: str, action: str, **options: Any
+        self,
+        consumer_config: Mapping[str, Any],
+        *topics: str,
+        action: str,
+        partitions: Sequence[int] | None = None,
+        **options: Any,
     ) -> None:
         self._consumer = AIOKafkaConsumer(
             **consumer_config,
@@ -134,6 +156,7 @@ class TopicReader:
             **options,
         )
         self._topics = topics
+        self._only = None if partitions is None else frozenset(partitions)
         self._action = action
         self._options = consumer_config
         self._tps: list[TopicPartition] = []
@@ -146,7 +169,8 @@ class TopicReader:
             with self._errors():
                 await self._consumer.start()
                 for topic in self._topics:
-                    self._tps.extend(await topic_partitions(self._consumer, topic))
+                    found = await topic_partitions(self._consumer, topic)
+                    self._tps.extend(_chosen(found, self._only, self._action))
                 self._consumer.assign(self._tps)
         except BaseException:
             await self._consumer.stop()
@@ -166,6 +190,11 @@ class TopicReader:
         with self._errors():
             end = await self._consumer.end_offsets(self._tps)
         return {tp.partition: offset for tp, offset in end.items()}
+
+    async def positions(self) -> dict[int, int]:
+        """The next offset to read of every partition (of a single-topic reader)."""
+        with self._errors():
+            return {tp.partition: await self._consumer.position(tp) for tp in self._tps}
 
     async def seek_to_beginning(self) -> None:
         with self._errors():
@@ -225,12 +254,16 @@ class TopicReader:
 
 
 async def read_compacted(
-    consumer_config: Mapping[str, Any], topic: str, *, action: str
+    consumer_config: Mapping[str, Any],
+    topic: str,
+    *,
+    action: str,
+    partitions: Sequence[int] | None = None,
 ) -> dict[bytes, bytes]:
-    """The latest value of every key of a compacted topic (keys whose latest is a tombstone are
-    left out)."""
+    """The latest value of every key of a compacted topic, or of those of its ``partitions``
+    (keys whose latest is a tombstone are left out)."""
     out: dict[bytes, bytes] = {}
-    async with TopicReader(consumer_config, topic, action=action) as reader:
+    async with TopicReader(consumer_config, topic, action=action, partitions=partitions) as reader:
         for m in await reader.read_all():
             if m.key is None:
                 continue

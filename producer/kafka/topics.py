@@ -75,9 +75,10 @@ class TopicNames:
 
 @dataclass(frozen=True, slots=True)
 class TopicSettings:
-    """How topics are created: partition count and retention (from ``[kafka]``, whose class
+    """How topics are created: partition counts and retention (from ``[kafka]``, whose class
     holds the defaults)."""
 
+    #: Partitions of the event and dead-letter topics.
     partitions: int
     #: -1: as many replicas as there are brokers, at most 3.
     replication_factor: int
@@ -86,6 +87,8 @@ class TopicSettings:
     #: ``delete.retention.ms`` of the state topic: a cold restore must finish well within it,
     #: or it could miss a delete whose tombstone the cleaner already removed.
     state_delete_retention_ms: int
+    #: Partitions of the state and checkpoints topics: one per shard (``kafka.shards``).
+    shards: int = 1
 
     @classmethod
     def from_config(cls, cfg: KafkaConfig) -> TopicSettings:
@@ -97,6 +100,7 @@ class TopicSettings:
             if cfg.event_retention is None
             else int(cfg.event_retention * 1000),
             state_delete_retention_ms=int(cfg.state_delete_retention * 1000),
+            shards=cfg.shards,
         )
 
 
@@ -116,19 +120,24 @@ def topic_specs(
     }
     specs[names.deadletter] = (settings.partitions, history)
     specs[names.state] = (
-        settings.partitions,
+        settings.shards,
         {**compacted, "delete.retention.ms": str(settings.state_delete_retention_ms)},
     )
-    specs[names.checkpoints] = (1, compacted)
+    specs[names.checkpoints] = (settings.shards, compacted)
     specs[names.schemas] = (1, compacted)
     return specs
 
 
 async def ensure_topics(
-    admin_config: dict[str, Any], names: TopicNames, settings: TopicSettings
+    admin_config: dict[str, Any],
+    names: TopicNames,
+    settings: TopicSettings,
+    *,
+    check_shards: bool = True,
 ) -> list[str]:
     """Create the topics that are missing; refuse a state or checkpoint topic that is not
-    compacted. Returns the names created."""
+    compacted, or (``check_shards``) whose partition count is not ``settings.shards``.
+    Returns the names created."""
     admin = AIOKafkaAdminClient(**admin_config)
     specs = topic_specs(names, settings)
     try:
@@ -150,7 +159,10 @@ async def ensure_topics(
                             "Create", f"topic {name!r}", principal=principal_of(admin_config)
                         )
             log.info("topics_created", topics=missing)
-        await _check_compacted(admin, [names.state, names.checkpoints], admin_config)
+        sharded = [names.state, names.checkpoints]
+        await _check_compacted(admin, sharded, admin_config)
+        if check_shards:
+            _check_shard_partitions(await _partition_counts(admin, sharded), settings.shards)
     except KafkaError as exc:
         await diagnose_authentication(admin_config)
         raise BrokerUnavailable(f"could not check or create topics: {exc}") from exc
@@ -189,13 +201,45 @@ async def diagnose_authentication(options: dict[str, Any]) -> None:
         conn.close()
 
 
-async def _existing(admin: AIOKafkaAdminClient, topics: list[str]) -> set[str]:
-    """Which of ``topics`` exist: metadata asked by name, for these topics only (not the whole
-    cluster's), and never creating one (``allow_auto_topic_creation=False``). A topic this
-    principal may not describe counts as missing (its creation then says why)."""
+async def _existing(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """Which of ``topics`` exist, with their partition counts: metadata asked by name, for
+    these topics only (not the whole cluster's), and never creating one
+    (``allow_auto_topic_creation=False``). A topic this principal may not describe counts as
+    missing (its creation then says why)."""
     request = MetadataRequest(topics, allow_auto_topic_creation=False)
     response = await admin._send_request(request)
-    return {t["topic"] for t in response.to_object()["topics"] if t["error_code"] == 0}
+    return {
+        t["topic"]: len(t["partitions"])
+        for t in response.to_object()["topics"]
+        if t["error_code"] == 0
+    }
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """The partition count of each of ``topics`` (which exist). Right after creation a topic's
+    metadata may not be ready yet (an error code, no partitions): ask again for a few
+    seconds."""
+    counts: dict[str, int] = {}
+    for _ in range(50):
+        counts.update(await _existing(admin, [t for t in topics if t not in counts]))
+        if len(counts) == len(topics):
+            break
+        await asyncio.sleep(0.1)
+    return counts
+
+
+def _check_shard_partitions(counts: dict[str, int], shards: int) -> None:
+    """Refuse a state or checkpoints topic whose partition count is not the shard count: a
+    district's records live in the partition of its shard, so the count is the layout."""
+    for name, found in counts.items():
+        if found != shards:
+            raise TopicMisconfigured(
+                f"topic {name!r} has {found} partition(s) but kafka.shards = {shards}: the "
+                "state and checkpoints topics need one partition per shard. Set kafka.shards "
+                f"to {found} if that is this deployment's shard count, or move the deployment "
+                f"to {shards} shards with `oneroster-cdc reshard --shards {shards}` (stop the "
+                "daemons first)"
+            )
 
 
 async def _check_compacted(

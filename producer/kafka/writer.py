@@ -7,6 +7,12 @@ a batch from begin to the local store's update; nothing else writes to Kafka whi
 
 The writer is keyed by shard (``transactional_id`` such as ``oneroster-cdc-shard-0``), not by
 process, so the instance that owns a shard fences any older owner when it starts.
+
+Partitions: the state records and checkpoints of district d go to partition ``shard_of(d)`` of
+the state and checkpoints topics (those topics have one partition per shard), and every
+checkpoint record carries the ``shards`` header (the shard count, decimal ASCII); a shard's
+writer refuses a district of another shard (a bug: it would write outside its fence). Events,
+dead letters and schemas keep Kafka's default partitioner on the key.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
 
+from producer.checkpoints import split_checkpoint_key
 from producer.errors import BrokerUnavailable, ClientClosed, Fenced
 from producer.events import Batch, OutRecord
 from producer.kafka.authz import denied
-from producer.kafka.statetopic import state_record
+from producer.kafka.shards import SHARDS_HEADER, shard_of
+from producer.kafka.statetopic import split_state_key, state_record
 from producer.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -39,12 +47,21 @@ class TransactionalWriter:
         producer_config: Mapping[str, Any],
         transactional_id: str,
         state_topic: str,
+        checkpoints_topic: str,
+        shards: int,
         store: StateStore,
+        shard: int | None = None,
         batch_timeout: float = 120.0,
     ) -> None:
+        """``shards``: the deployment's shard count (``kafka.shards``); ``shard``: the one shard
+        this writer may write (None: any, e.g. a tool outside the sharded service)."""
         self._config = producer_config
         self.transactional_id = transactional_id
         self._state_topic = state_topic
+        self._checkpoints_topic = checkpoints_topic
+        self.shards = shards
+        self.shard = shard
+        self._shards_header = (SHARDS_HEADER, str(shards).encode())
         self._store = store
         self._timeout = batch_timeout
         self._producer: AIOKafkaProducer | None = None
@@ -185,13 +202,18 @@ class TransactionalWriter:
         self, producer: AIOKafkaProducer, records: Sequence[OutRecord]
     ) -> list[tuple[str, int, asyncio.Future[Any]]]:
         """Send ``records`` as one batch per topic-partition (more when a batch fills); returns
-        (topic, records in the batch, delivery future) per batch. Partitions are chosen as
+        (topic, records in the batch, delivery future) per batch. State records and
+        checkpoints go to their district's shard (``_sharded``); other partitions are chosen as
         Kafka's default partitioner does (murmur2 of the key), so keys land where any other
         producer would put them."""
         grouped: dict[tuple[str, int], list[OutRecord]] = {}
-        for record in records:
-            count = await self._partition_count(producer, record.topic)
-            partition = (murmur2(record.key) & 0x7FFFFFFF) % count
+        for given in records:
+            if given.topic in (self._state_topic, self._checkpoints_topic):
+                record, partition = self._sharded(given)
+            else:
+                record = given
+                count = await self._partition_count(producer, record.topic)
+                partition = (murmur2(record.key) & 0x7FFFFFFF) % count
             grouped.setdefault((record.topic, partition), []).append(record)
         sent: list[tuple[str, int, asyncio.Future[Any]]] = []
         for (topic, partition), items in grouped.items():
@@ -214,6 +236,26 @@ class TransactionalWriter:
             fut = await producer.send_batch(builder, topic, partition=partition)
             sent.append((topic, count, fut))
         return sent
+
+    def _sharded(self, record: OutRecord) -> tuple[OutRecord, int]:
+        """A state or checkpoint record and its partition, its district's shard; a checkpoint
+        gains the ``shards`` header."""
+        key = record.key.decode()
+        if record.topic == self._state_topic:
+            district = split_state_key(key)[1]
+        else:
+            district = split_checkpoint_key(key)[0]
+            if all(name != SHARDS_HEADER for name, _ in record.headers):
+                record = OutRecord(
+                    record.topic, record.key, record.value, [*record.headers, self._shards_header]
+                )
+        shard = shard_of(district, self.shards)
+        if self.shard is not None and shard != self.shard:
+            raise ValueError(
+                f"district {district!r} is in shard {shard}, not in this writer's shard "
+                f"{self.shard} ({self.transactional_id})"
+            )
+        return record, shard
 
     async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
         count = self._partitions.get(topic)
