@@ -269,15 +269,19 @@ def measure(fleet: list[Daemon], window: float, sim_pid: int) -> list[dict[str, 
 # -- 2 and 3. restore of one shard, handover ------------------------------------------------
 
 
-async def write_state(bootstrap: str, data: dict[str, Any], opts: Options) -> dict[str, Any]:
+async def write_state(
+    bootstrap: str, data: dict[str, Any], work: Path, opts: Options
+) -> dict[str, Any]:
     """``keys_per_shard`` synthetic state keys in every shard, modelled on a real snapshot."""
-    config = config_from_mapping({**data, "state": {"dir": str(Path(data["_dir"]) / "w")}}, {})
+    config = config_from_mapping({**data, "state": {"dir": str(work / "writer")}}, {})
     service = Service(config)
     await service.start()
     try:
         first = config.districts[0].id
         await service.sync(first, full=True)
-        _, kept = await ceilings.read_topics(bootstrap, [f"{config.kafka.topic_prefix}.state"])
+        _, kept = await ceilings.read_topics(
+            bootstrap, [f"{config.kafka.topic_prefix}.state"], keep=10_000
+        )
         model = next(iter(kept.values()))
         started = time.monotonic()
         synthetic = ids_in_shards("synthetic-", opts.shards, 1)
@@ -351,7 +355,7 @@ def handover(bootstrap: str, work: Path, opts: Options) -> dict[str, Any]:
     out: dict[str, Any] = {"shards": opts.shards, "keys_per_shard": opts.keys_per_shard}
     with SimProcess(specs) as sim, daemons() as fleet:
         data = deployment(bootstrap, tag, sim, opts, poll_interval="2s", jitter="0s")
-        out["state"] = asyncio.run(write_state(bootstrap, {**data, "_dir": str(work)}, opts))
+        out["state"] = asyncio.run(write_state(bootstrap, data, work, opts))
         if "restore" in opts.only:
             out["restore"] = asyncio.run(
                 restore_one_vs_all(bootstrap, f"{tag}.state", work, opts.shards)

@@ -92,10 +92,16 @@ async def delta(
 
 
 async def write_synthetic_state(
-    service: Service, values: list[Message], keys: int, *, chunk: int = 5000
+    service: Service,
+    values: list[Message],
+    keys: int,
+    *,
+    chunk: int = 5000,
+    district: str = "synthetic",
 ) -> Figure:
-    """``keys`` state records of district ``synthetic`` (entity users), their values and digests
-    cycled from real state records of the snapshot; written through the product's writer."""
+    """``keys`` state records of ``district`` (entity users), their values and digests cycled
+    from real state records of the snapshot; written through the product's writer (the
+    district's shard's)."""
     real = [(v, dict(h).get("digest")) for _, _, v, h in values if v is not None]
     assert real, "no state records to model the synthetic ones on"
     started = time.monotonic()
@@ -103,8 +109,8 @@ async def write_synthetic_state(
         writes = []
         for i in range(start, min(keys, start + chunk)):
             value, digest = real[i % len(real)]
-            writes.append(StateWrite("users", "synthetic", f"syn-{i:09d}", digest, value))
-        await service.writer_for("synthetic").commit(Batch(state=writes))
+            writes.append(StateWrite("users", district, f"syn-{i:09d}", digest, value))
+        await service.writer_for(district).commit(Batch(state=writes))
     return Figure(keys, time.monotonic() - started)
 
 
@@ -409,11 +415,16 @@ __all__ = [
     "cpu_seconds",
     "delta",
     "fanout",
+    "get_json",
+    "get_status",
     "latency",
     "memory_child",
+    "metric_count",
+    "metric_sum",
     "our_pager",
     "read_topics",
     "serial_pager",
+    "start_daemon",
     "timed_sync",
     "warm_restart",
     "write_synthetic_state",

@@ -85,8 +85,9 @@ def test_scale_out_bench_runs_at_a_small_size(kafka_bootstrap, tmp_path):
     assert all(f["core_share"] > 0 and f["districts"] > 0 for f in fan["two"].values())
     assert sum(f["districts"] for f in fan["two"].values()) == 12
     assert fan["capacity_ratio"] > 0
-    assert ho["restore"]["one"]["keys"] == 2000
-    assert ho["restore"]["all"]["keys"] >= 4000
+    one, whole = ho["restore"]["one"]["keys"], ho["restore"]["all"]["keys"]
+    assert 2000 <= one < whole  # shard 0's synthetic keys and its tiny districts' records
+    assert whole >= 4000
     assert ho["restore"]["one"]["partitions"] == [0]
     assert ho["committed"] == ho["districts_moved"] > 0
     assert ho["first_commit_seconds"] > 0
