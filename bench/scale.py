@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaConsumer
 from bench import ceilings, scenarios
 from bench.run import ROOT, _f, config_data, ensure_kafka, free_port, machine, to_toml
 from bench.sim import SimProcess
-from producer.config import KafkaConfig, config_from_mapping
+from producer.config import config_from_mapping
 from producer.kafka.restore import restore_from_kafka
 from producer.kafka.shards import shard_of
 from producer.service import Service
@@ -106,6 +106,16 @@ class Daemon:
     def cpu(self) -> float:
         return scenarios.cpu_seconds(self.proc.pid)
 
+    def memory(self) -> dict[str, int]:
+        """``VmRSS`` and ``VmHWM`` (peak) of the process, in bytes."""
+        out = {}
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    out["rss" if name == "VmRSS" else "peak_rss"] = int(value.split()[0]) * 1024
+        return out
+
     def check(self) -> None:
         if self.proc.poll() is not None and self.killed_at is None:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log_path}")
@@ -164,8 +174,8 @@ def deployment(
     """A config for every district of ``sim`` with ``opts.shards`` shards."""
     data = config_data(bootstrap, tag, Path("unused"), sim.districts, **sync)
     data["kafka"]["shards"] = opts.shards
-    if "session_timeout" in KafkaConfig.model_fields:
-        data["kafka"]["session_timeout"] = f"{opts.session_timeout:g}s"
+    data["kafka"]["session_timeout"] = f"{opts.session_timeout:g}s"
+    data["kafka"]["heartbeat_interval"] = f"{min(3.0, opts.session_timeout / 3):g}s"
     return data
 
 
@@ -261,6 +271,8 @@ def measure(fleet: list[Daemon], window: float, sim_pid: int) -> list[dict[str, 
             "load_before": round(load0, 2),
             "load_after": round(os.getloadavg()[0], 2),
             "error_series": max(0, d.series("oneroster_errors_total")),
+            "state_keys": d.metric("oneroster_state_keys"),
+            **d.memory(),
         }
         for d, a, b in zip(fleet, cpu0, cpu1, strict=True)
     ]
@@ -410,6 +422,7 @@ def handover(bootstrap: str, work: Path, opts: Options) -> dict[str, Any]:
         out["committed"] = len(seen)
         out["first_commit_seconds"] = delays[0] if delays else None
         out["all_committed_seconds"] = delays[-1] if len(seen) == len(theirs) else None
+        out["survivor"] = {"state_keys": b.metric("oneroster_state_keys"), **b.memory()}
         lines = [x for x in b.lines() if _epoch(x) >= killed]
         assigned = [x for x in lines if x.get("event") == "shards.assigned"]
         out["assigned_seconds"] = _epoch(assigned[-1]) - killed if assigned else None
