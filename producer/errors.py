@@ -22,7 +22,10 @@ happened and what to do, and never contain a secret.
     │   ├── BrokerAuthFailed          the broker refused our SASL credentials
     │   ├── NotAuthorized             the broker's authorizer denied an operation (missing ACL)
     │   ├── Fenced                    a newer instance took over our transactional_id
-    │   └── TopicMisconfigured        e.g. the state topic exists but is not compacted
+    │   ├── TopicMisconfigured        e.g. the state topic exists but is not compacted
+    │   └── NotShardedLayout          state/checkpoints not in kafka.shards' layout: reshard
+    ├── GroupLive                     a one-shot command met live members of the daemons' group
+    ├── ReshardRefused                reshard cannot do what was asked (e.g. shrink the shards)
     ├── EncodingError                 a value does not fit its Avro schema
     ├── MassDeleteHeld                the mass-delete guard refused a full-sync's deletes
     └── ClientClosed                  a closed client or writer was used again
@@ -144,6 +147,23 @@ class Fenced(SinkError):
 
 class TopicMisconfigured(SinkError):
     """An existing topic has settings that would break the guarantees (e.g. not compacted)."""
+
+
+class NotShardedLayout(SinkError):
+    """The state or checkpoints topic is not in the sharded layout that ``kafka.shards`` asks
+    for (another partition count, a checkpoint without or with another ``shards`` header, or in
+    another partition than its shard's): ``oneroster-cdc reshard`` moves it; retrying cannot
+    help."""
+
+
+class GroupLive(CdcError):
+    """The daemons' consumer group has live members: a one-shot command that writes (``sync``,
+    ``confirm-deletes``, ``forget``, ``reshard``) refuses to run beside them."""
+
+
+class ReshardRefused(CdcError):
+    """``oneroster-cdc reshard`` cannot do what was asked (fewer shards than partitions: Kafka
+    cannot remove partitions); the message says what to do instead."""
 
 
 class EncodingError(CdcError):

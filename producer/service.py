@@ -12,9 +12,11 @@ builds it with ``own_all=False`` and lets the consumer group decide (``assign``/
 
 Start (shared parts; resources entered in one ``AsyncExitStack`` so teardown runs in reverse):
 
-1. Topics: create the missing ones; refuse a state or checkpoints topic that is not compacted or
+1. Layout: refuse state and checkpoints topics not in the sharded layout of ``kafka.shards``
+   (``producer.kafka.layout.check_layout``: partition counts, and every live checkpoint with
+   the ``shards`` header in its shard's partition), naming ``oneroster-cdc reshard``.
+2. Topics: create the missing ones; refuse a state or checkpoints topic that is not compacted or
    whose partition count is not ``kafka.shards``.
-2. Layout: refuse checkpoints not written in the sharded layout (``_check_layout``).
 3. Schemas: read ``<prefix>.schemas`` (keyed by fingerprint) to know which schemas it lacks.
 4. With ``own_all``: ``assign`` every shard.
 
@@ -50,6 +52,7 @@ from producer.config import ClassLinkConfig, Config
 from producer.districts import DistrictRegistry
 from producer.errors import CdcError
 from producer.events import Encoder, OutRecord
+from producer.kafka.layout import check_layout
 from producer.kafka.options import connection_options, consumer_options, producer_options
 from producer.kafka.probe import BrokerProbe
 from producer.kafka.reader import read_compacted
@@ -219,13 +222,13 @@ class Service:
         """Steps 1-4 of the module docstring."""
         kafka = self.config.kafka
         # 1.
+        await check_layout(kafka)
+        # 2.
         await ensure_topics(
             connection_options(kafka, role="admin"),
             self.topics,
             TopicSettings.from_config(kafka),
         )
-        # 2.
-        await self._check_layout()
         # 3.
         published = await read_compacted(
             consumer_options(kafka),
@@ -249,13 +252,6 @@ class Service:
             state_keys=self.state_keys(),
             districts=len(self.districts.ids),
         )
-
-    async def _check_layout(self) -> None:
-        """HOOK for ``producer.kafka.layout.check_layout`` (issue 12, written by the reshard
-        work): refuse checkpoints not written in the sharded layout (a record without the
-        ``shards`` header, with another count, or outside its shard's partition), naming
-        ``oneroster-cdc reshard``. Until it lands, only the partition counts are checked (by
-        ``ensure_topics``)."""
 
     async def assign(self, numbers: Iterable[int]) -> list[Shard]:
         """Start the shards ``numbers`` this service does not own yet (concurrently; steps a-c

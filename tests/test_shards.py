@@ -18,7 +18,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from producer.avro import Schemas
 from producer.checkpoints import Checkpoint
 from producer.config import KafkaConfig
-from producer.errors import TopicMisconfigured
+from producer.errors import NotShardedLayout, TopicMisconfigured
 from producer.events import Batch, Encoder, OutRecord
 from producer.kafka.reader import Message, TopicReader
 from producer.kafka.restore import load_checkpoints, restore_from_kafka
@@ -411,3 +411,29 @@ async def test_a_service_owning_some_shards_refuses_the_others_districts(
         await service.release([0])
         assert service.shards == {}
     assert sqlite_files(tmp_path) == [f"{unique_prefix}-shard-0.sqlite"]
+
+
+@pytest.mark.integration
+async def test_service_refuses_checkpoints_not_in_the_sharded_layout(
+    serve_simulator: ServeSimulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A checkpoint without the ``shards`` header (as 0.1.0 wrote them) stops the start before
+    any writer fences or writes: ``NotShardedLayout`` names ``oneroster-cdc reshard``."""
+    sim: Simulator = await serve_simulator([DistrictSpec(id="old", version="1.2", size="tiny")])
+    config = make_config(sim, bootstrap=kafka_bootstrap, prefix=unique_prefix, state_dir=tmp_path)
+    names = TopicNames(unique_prefix)
+    await ensure_topics(
+        {"bootstrap_servers": kafka_bootstrap}, names, TopicSettings.from_config(config.kafka)
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            names.checkpoints, b"cp", key=b"old/users", partition=shard_of("old", 6)
+        )
+    finally:
+        await producer.stop()
+    with pytest.raises(NotShardedLayout, match="oneroster-cdc reshard"):
+        async with Service(config):
+            pass
+    assert sqlite_files(tmp_path) == []

@@ -14,6 +14,8 @@ from aiokafka import AIOKafkaProducer
 from fastavro import schemaless_writer
 
 from producer.avro import MAGIC, SCHEMA_DIR, Schemas, read_release
+from producer.kafka.shards import shard_of
+from producer.kafka.statetopic import split_state_key
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
 from tests.checker import read_all, rebuild
@@ -30,11 +32,12 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-async def _rewrite_state_as_0_1_0(bootstrap: str, prefix: str) -> int:
+async def _rewrite_state_as_0_1_0(bootstrap: str, prefix: str, shards: int) -> int:
     """Write every live state value again as a 0.1.0 producer wrote it: the 0.1.0 schema
     (``org.oneroster.cdc``, enrollment ``class``), headers ``entity`` and the digest 0.1.0
     computed (BLAKE2b of the record's sorted JSON with ``class``, without dateLastModified), and
-    no raw digest, so the next sync must normalise and compare digests."""
+    no raw digest, so the next sync must normalise and compare digests. Each goes to its
+    district's shard partition, where the sharded layout reads it."""
     current = Schemas.load(history=False)
     released = read_release(SCHEMA_DIR / "history" / "0.1.0")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
@@ -56,10 +59,12 @@ async def _rewrite_state_as_0_1_0(bootstrap: str, prefix: str) -> int:
                 orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS), digest_size=16
             ).digest()
             assert digest == headers["digest"]  # what 0.2.0 wrote: the same digest
+            assert key is not None
             await producer.send_and_wait(
                 f"{prefix}.state",
                 MAGIC + old.fingerprint + body.getvalue(),
                 key=key,
+                partition=shard_of(split_state_key(key.decode())[1], shards),
                 headers=[("entity", headers["entity"]), ("digest", digest)],
             )
             count += 1
@@ -81,7 +86,8 @@ async def test_a_0_1_0_state_gives_no_spurious_events_and_decodes_as_before(
     async with Service(first) as service:
         await service.sync("u12")
     before = await rebuild(kafka_bootstrap, unique_prefix)
-    assert await _rewrite_state_as_0_1_0(kafka_bootstrap, unique_prefix) == sum(before.ops.values())
+    rewritten = await _rewrite_state_as_0_1_0(kafka_bootstrap, unique_prefix, first.kafka.shards)
+    assert rewritten == sum(before.ops.values())
 
     district = sim.district("u12")
     sim.advance_clock(60)
