@@ -243,9 +243,9 @@ def fanout(bootstrap: str, work: Path, opts: Options) -> dict[str, Any]:
     per = [(f["districts"], f["core_share"]) for f in out["two"].values()]
     out["capacity_ratio"] = s1 * sum(n / s for n, s in per) / opts.districts
     out["cpu_ms_per_district_poll"] = {
-        "one": 1000 * s1 * opts.poll / opts.districts,
+        "1 instance": 1000 * s1 * opts.poll / opts.districts,
         **{
-            name: 1000 * f["core_share"] * opts.poll / max(1, f["districts"])
+            f"2 instances: {name}": 1000 * f["core_share"] * opts.poll / max(1, f["districts"])
             for name, f in out["two"].items()
         },
     }
@@ -502,7 +502,7 @@ def markdown(report: dict[str, Any]) -> str:
             )
             lines.append(
                 f"| handover, SIGKILL of an instance owning shards {ho['moved_shards']} "
-                f"({ho['moved_keys']:,} keys), session timeout "
+                f"({ho['moved_keys']:,} synthetic keys), session timeout "
                 f"{_f(report['options']['session_timeout'], 1)} s | first committed change "
                 f"{_f(ho['first_commit_seconds'], 2)} s after the kill, all "
                 f"{ho['districts_moved']} districts {_f(ho['all_committed_seconds'], 2)} s; "
