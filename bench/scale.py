@@ -320,11 +320,15 @@ async def restore_one_vs_all(bootstrap: str, topic: str, work: Path, shards: int
             )
         finally:
             store.close()
+        files = work.glob(f"restore-{name}.sqlite*")  # noqa: ASYNC240 - a local tmp dir
+        size = sum(f.stat().st_size for f in files)
         out[name] = {
             "keys": stats.records,
             "seconds": stats.seconds,
             "rate": stats.records / stats.seconds,
             "partitions": list(stats.partitions),
+            "file_bytes": size,
+            "file_bytes_per_key": size / max(1, stats.records),
         }
     out["seconds_ratio"] = out["all"]["seconds"] / out["one"]["seconds"]
     return out
@@ -493,7 +497,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| cold restore of the whole state | {rs['all']['keys']:,} keys in "
                 f"{_f(rs['all']['seconds'], 2)} s ({_f(rs['all']['rate'])} keys/s); "
-                f"{_f(rs['seconds_ratio'], 2)}x one shard's time |"
+                f"{_f(rs['seconds_ratio'], 2)}x one shard's time; SQLite "
+                f"{_f(rs['all']['file_bytes_per_key'])} B/key on disk |"
             )
         if "first_commit_seconds" in ho:
             restores = ", ".join(

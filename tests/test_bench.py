@@ -28,22 +28,27 @@ FIGURES = {
 }
 
 
+def run_bench(bootstrap: str, tmp_path: Path, module: str, args: list[str], timeout: int) -> Path:
+    """Run ``python -m MODULE ARGS`` against ``bootstrap`` (bounded); its output directory."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--out", str(out), "--work", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "KAFKA_BOOTSTRAP": bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(150)
 def test_harness_runs_every_scenario_at_size_s(kafka_bootstrap, tmp_path):
     """`python -m bench --size S` measures every scenario and writes the JSON and the table."""
-    out = tmp_path / "out"
-    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--size", "S", "--out", str(out), "--work", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=140,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = run_bench(kafka_bootstrap, tmp_path, "bench", ["--size", "S"], timeout=140)
     report = json.loads((out / "bench-S.json").read_text())
     results = report["results"]
     missing = {
@@ -64,20 +69,9 @@ def test_scale_out_bench_runs_at_a_small_size(kafka_bootstrap, tmp_path):
     """`python -m bench.scale` with 12 districts and 2,000 keys per shard produces every figure:
     fan-out CPU of one and of two instances with the capacity ratio, one shard's restore
     against the whole state's, and a handover after a SIGKILL."""
-    out = tmp_path / "out"
-    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap}
     argv = ["--districts", "12", "--poll", "2", "--window", "4", "--settle", "1"]
     argv += ["--shards", "2", "--keys-per-shard", "2000", "--session-timeout", "6"]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.scale", *argv, "--out", str(out), "--work", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = run_bench(kafka_bootstrap, tmp_path, "bench.scale", argv, timeout=280)
     report = json.loads((out / "scale.json").read_text())
     fan, ho = report["results"]["fanout"], report["results"]["handover"]
     assert fan["one"]["core_share"] > 0
