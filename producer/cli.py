@@ -21,7 +21,7 @@ import structlog
 
 from producer import __version__
 from producer.config import Config, describe_errors, load_config, resolve_config_path
-from producer.errors import CdcError, ConfigError
+from producer.errors import BrokerUnavailable, CdcError, ConfigError, NotAuthorized
 from producer.logs import configure_logging, redact_text, register_secrets
 from producer.model import ENTITIES, Entity
 from producer.status import (
@@ -35,6 +35,7 @@ from producer.status import (
 )
 
 if TYPE_CHECKING:
+    from producer.kafka.fleet import Fleet
     from producer.service import Service
     from producer.sync import EntityResult
 
@@ -117,6 +118,17 @@ def _parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="even if the config still lists the district (its next poll snapshots it again)",
+    )
+
+    reshard = sub.add_parser(
+        "reshard",
+        help="move the state and checkpoints into the sharded layout (every instance stopped)",
+    )
+    reshard.add_argument(
+        "--shards", type=int, metavar="N", help="the shard count (default: kafka.shards)"
+    )
+    reshard.add_argument(
+        "--batch", type=int, default=2000, metavar="KEYS", help="keys moved per transaction"
     )
     return parser
 
@@ -308,6 +320,7 @@ async def _sync(config: Config, args: argparse.Namespace) -> int:
             sys.stdout.write(orjson.dumps(row).decode() + "\n")
             sys.stdout.flush()
 
+    await _refuse_beside_live_group(config, "sync")
     async with Service(config) as service:
         try:
             ids = await _districts(service, config, None if args.all else args.district)
@@ -349,21 +362,43 @@ _STATUS_COLUMNS: Final = ("district", *ENTITY_COLUMNS)
 
 
 async def _status(config: Config, as_json: bool, out: TextIO) -> int:
-    """Read the checkpoints topic (no writer is started, so a running daemon is untouched)."""
+    """Read the checkpoints topic (no writer is started, so a running daemon is untouched) and
+    the group's description. A checkpoint counts where the sharded layout reads it (its shard's
+    partition) and, before a reshard moved it, wherever it is."""
     from producer.avro import Schemas  # noqa: PLC0415
     from producer.events import Encoder  # noqa: PLC0415
+    from producer.kafka.layout import current_checkpoints, latest_records  # noqa: PLC0415
     from producer.kafka.options import consumer_options  # noqa: PLC0415
-    from producer.kafka.restore import load_checkpoints  # noqa: PLC0415
+    from producer.kafka.shards import shard_of  # noqa: PLC0415
     from producer.kafka.topics import TopicNames  # noqa: PLC0415
 
     topics = TopicNames(config.kafka.topic_prefix)
-    found = await load_checkpoints(
-        Encoder(Schemas.load(), topics),
-        topic=topics.checkpoints,
-        consumer_config=consumer_options(config.kafka),
+    encoder = Encoder(Schemas.load(), topics)
+    shards = config.kafka.shards
+    records = await latest_records(
+        consumer_options(config.kafka),
+        topics.checkpoints,
+        action=f"reading checkpoints from {topics.checkpoints} failed",
+    )
+    found = sorted(
+        (
+            encoder.decode_checkpoint(r.value)
+            for r in current_checkpoints(records.values(), shards).values()
+            if r.value is not None
+        ),
+        key=lambda cp: (cp.district_id, cp.entity),
     )
     now = datetime.now(UTC)
-    rows = [checkpoint_row(cp, now) for _, cp in sorted(found.items())]
+    fleet, unknown = await _fleet_or_reason(config)
+    rows: list[Row] = []
+    for cp in found:
+        row = checkpoint_row(cp, now)
+        row["shard"] = shard = shard_of(cp.district_id, shards)
+        owner = None if fleet is None else fleet.owner(shard)
+        row["owner"] = None if owner is None else owner.client_id
+        row["owner_host"] = None if owner is None else owner.host
+        row["group_live"] = None if fleet is None else fleet.live
+        rows.append(row)
     if as_json:
         for row in rows:
             out.write(orjson.dumps(row).decode() + "\n")
@@ -389,12 +424,58 @@ async def _status(config: Config, as_json: bool, out: TextIO) -> int:
     for row in rows:
         if row["confirm_command"]:
             out.write(f"held deletes: {row['confirm_command']}\n")
+    group = f"group {config.kafka.client_id!r}"
+    if fleet is None:
+        out.write(f"shards: owners unknown: {unknown}\n")
+    elif not fleet.live:
+        out.write(f"shards: no live group ({group} has no member: no instance runs)\n")
+    else:
+        owners = _shard_rows(fleet, shards, rows)
+        out.write(f"shards ({group}: {fleet.state}, {len(fleet.members)} instance(s)):\n")
+        print_rows(
+            [{k: "-" if v is None else str(v) for k, v in r.items()} for r in owners],
+            ("shard", "owner", "host", "districts"),
+            out,
+            title="shards",
+        )
     return 0
+
+
+async def _fleet_or_reason(config: Config) -> tuple[Fleet | None, str | None]:
+    """The group's description, or None and why it could not be read (``status`` still shows
+    the checkpoints: an operator principal may read them without Describe on the group)."""
+    from producer.kafka.fleet import describe_fleet  # noqa: PLC0415
+
+    try:
+        return await describe_fleet(config.kafka), None
+    except (NotAuthorized, BrokerUnavailable) as exc:
+        return None, str(exc)
+
+
+def _shard_rows(fleet: Fleet, shards: int, rows: Sequence[Row]) -> list[Row]:
+    """Each shard's owner (client id and host; None when unowned) and how many of the
+    districts with checkpoints are in it."""
+    districts: dict[int, set[str]] = {}
+    for row in rows:
+        districts.setdefault(row["shard"], set()).add(row["district"])
+    out: list[Row] = []
+    for shard in range(shards):
+        owner = fleet.owner(shard)
+        out.append(
+            {
+                "shard": shard,
+                "owner": None if owner is None else owner.client_id,
+                "host": None if owner is None else owner.host,
+                "districts": len(districts.get(shard, ())),
+            }
+        )
+    return out
 
 
 async def _confirm(config: Config, district_id: str, entity: Entity) -> int:
     from producer.service import Service  # noqa: PLC0415
 
+    await _refuse_beside_live_group(config, "confirm-deletes")
     async with Service(config) as service:
         await _districts(service, config, [district_id])
         held = service.checkpoint(district_id, entity).held_deletes
@@ -420,6 +501,7 @@ async def _forget(config: Config, district_id: str, *, force: bool) -> int:
             "after its restart) would snapshot it again; remove its [[districts]] table first, "
             "or pass --force to forget it anyway",
         )
+    await _refuse_beside_live_group(config, "forget")
     async with Service(config) as service:
         result = await forget_district(service, district_id, batch_size=config.sync.batch_size)
     if not result.total and not result.checkpoints:
@@ -439,6 +521,42 @@ async def _forget(config: Config, district_id: str, *, force: bool) -> int:
     return 0
 
 
+async def _refuse_beside_live_group(config: Config, command: str) -> None:
+    """``GroupLive`` (exit 1, naming the members) while daemons of this deployment run."""
+    from producer.kafka.fleet import require_no_live_group  # noqa: PLC0415
+
+    await require_no_live_group(config.kafka, f"oneroster-cdc {command}")
+
+
+async def _reshard_command(config: Config, args: argparse.Namespace) -> int:
+    from producer.reshard import reshard  # noqa: PLC0415
+
+    shards: int = config.kafka.shards if args.shards is None else args.shards
+    if not 1 <= shards <= 1000:
+        raise ConfigError("--shards", f"must be between 1 and 1000, not {shards}")
+    if args.batch < 1:
+        raise ConfigError("--batch", f"must be at least 1, not {args.batch}")
+    report = await reshard(config, shards=shards, batch=args.batch)
+    out = sys.stdout
+    out.write(f"oneroster-cdc reshard (prefix {config.kafka.topic_prefix!r}): {shards} shards\n")
+    out.write(f"fenced: {', '.join(report.fenced)}\n")
+    for topic in report.topics:
+        out.write(topic.describe() + "\n")
+    if report.changed:
+        out.write(
+            f"done: the sharded layout of {shards} shards ({report.checkpoints} checkpoints); "
+            "`run` continues from the committed cursors\n"
+        )
+    else:
+        out.write(f"nothing to move: already the sharded layout of {shards} shards\n")
+    if shards != config.kafka.shards:
+        out.write(
+            f"set kafka.shards = {shards} in the config (it says {config.kafka.shards}) "
+            "before starting the instances\n"
+        )
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "run": _run,
     "sync": _sync,
@@ -446,4 +564,5 @@ _COMMANDS: dict[str, Callable[[Config, argparse.Namespace], Coroutine[Any, Any, 
     "tail": _tail,
     "confirm-deletes": _confirm_command,
     "forget": _forget_command,
+    "reshard": _reshard_command,
 }

@@ -13,11 +13,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from producer.config import KafkaConfig
 from producer.errors import GroupLive, NotShardedLayout
 from producer.kafka.fleet import Fleet, describe_fleet, require_no_live_group
-from producer.kafka.layout import check_layout, inspect_layout
+from producer.kafka.layout import Latest, check_layout, current_checkpoints, inspect_layout
 from producer.kafka.shards import SHARDS_HEADER, shard_of
 from producer.kafka.topics import TopicNames
-
-pytestmark = pytest.mark.integration
+from producer.reshard import checkpoint_district, placed, plan_moves
 
 
 def kafka_config(bootstrap: str, prefix: str, shards: int = 3) -> KafkaConfig:
@@ -83,6 +82,7 @@ async def put_checkpoint(
     )
 
 
+@pytest.mark.integration
 async def test_missing_or_empty_topics_are_a_fresh_layout(
     kafka_bootstrap: str, unique_prefix: str
 ) -> None:
@@ -95,6 +95,7 @@ async def test_missing_or_empty_topics_are_a_fresh_layout(
     assert (empty.state_partitions, empty.checkpoint_partitions, empty.checkpoints) == (3, 3, 0)
 
 
+@pytest.mark.integration
 async def test_checkpoints_in_their_shard_with_the_header_pass_and_every_misfit_is_named(
     kafka_bootstrap: str, unique_prefix: str, producer: AIOKafkaProducer
 ) -> None:
@@ -132,6 +133,7 @@ async def test_checkpoints_in_their_shard_with_the_header_pass_and_every_misfit_
     assert not raised.value.retriable
 
 
+@pytest.mark.integration
 async def test_a_partition_count_other_than_kafka_shards_is_refused(
     kafka_bootstrap: str, unique_prefix: str
 ) -> None:
@@ -163,6 +165,7 @@ async def wait_for(fleet_ok: object, cfg: KafkaConfig, seconds: float = 60.0) ->
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.integration
 async def test_describe_fleet_names_members_hosts_and_their_assigned_shards(
     kafka_bootstrap: str, unique_prefix: str
 ) -> None:
@@ -235,3 +238,56 @@ async def _keep_polling(*consumers: AIOKafkaConsumer) -> None:
     while True:
         for consumer in consumers:
             await consumer.getmany(timeout_ms=100)
+
+
+def latest(partition: int, key: str, value: bytes | None, shards: int | None, ts: int) -> Latest:
+    """A checkpoint's latest record in one partition."""
+    headers = [] if shards is None else [(SHARDS_HEADER, str(shards).encode())]
+    return Latest(partition, ts, key.encode(), value, headers, ts)
+
+
+def test_plan_moves_and_current_checkpoints_follow_the_sharded_layout() -> None:
+    """Per key: a checkpoint in its shard with the header needs nothing; one elsewhere is copied
+    to its shard and its stray tombstoned; one in its shard without the header is rewritten in
+    place; when its shard already holds the key (live or a tombstone), that record stands and
+    only the stray is tombstoned; a key whose latest records are all tombstones needs nothing.
+    ``current_checkpoints`` gives the record that stands, live only."""
+    home_of = {d: shard_of(d, 3) for d in ("d1", "d2", "d3", "d4", "d5", "d6")}
+    away = {d: (s + 1) % 3 for d, s in home_of.items()}
+    records = [
+        latest(home_of["d1"], "d1/users", b"in place", 3, 1),
+        latest(away["d2"], "d2/users", b"elsewhere", None, 2),
+        latest(home_of["d3"], "d3/users", b"no header", None, 3),
+        latest(home_of["d4"], "d4/users", b"new", 3, 9),
+        latest(away["d4"], "d4/users", b"old stray", None, 4),
+        latest(home_of["d5"], "d5/users", None, None, 9),
+        latest(away["d5"], "d5/users", b"deleted since", None, 5),
+        latest(away["d6"], "d6/users", None, None, 6),
+    ]
+    moves = {
+        m.key.decode(): m
+        for m in plan_moves(records, 3, district_of=checkpoint_district, stamp=True)
+    }
+    assert sorted(moves) == ["d2/users", "d3/users", "d4/users", "d5/users"]
+    d2 = moves["d2/users"]
+    assert d2.copy is not None
+    assert (d2.shard, d2.copy.value) == (home_of["d2"], b"elsewhere")
+    assert [s.partition for s in d2.strays] == [away["d2"]]
+    copied = placed(d2, "t", 3, stamp=True)
+    assert [(p.partition, p.value, dict(p.headers).get(SHARDS_HEADER)) for p in copied] == [
+        (home_of["d2"], b"elsewhere", b"3"),
+        (away["d2"], None, None),
+    ]
+    d3 = moves["d3/users"]
+    assert d3.copy is not None
+    assert (d3.copy.partition, d3.strays) == (home_of["d3"], ())
+    for standing_key in ("d4/users", "d5/users"):
+        assert moves[standing_key].copy is None
+        assert len(moves[standing_key].strays) == 1
+    current = current_checkpoints(records, 3)
+    assert {k.decode(): r.value for k, r in current.items()} == {
+        "d1/users": b"in place",
+        "d2/users": b"elsewhere",
+        "d3/users": b"no header",
+        "d4/users": b"new",
+    }

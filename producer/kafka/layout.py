@@ -103,7 +103,9 @@ async def latest_records(
 ) -> dict[tuple[int, bytes], Latest]:
     """The latest committed record of every key, per partition (tombstones included)."""
     out: dict[tuple[int, bytes], Latest] = {}
-    async with TopicReader(consumer_config, topic, action=action) as reader:
+    async with TopicReader(
+        consumer_config, topic, action=action, auto_offset_reset="earliest"
+    ) as reader:
         for m in await reader.read_all():
             if m.key is not None:
                 stamp = getattr(m, "timestamp", None)
