@@ -467,6 +467,12 @@ async def test_instances_share_shards_and_take_over_exactly_once(
             assert owned[name] <= before[name], f"sticky: {name} {before[name]} -> {owned[name]}"
         assert_restored_only(fourth, owned["d"], joined, marks, unique_prefix)
         assert all(restores(fourth, joined)[n]["from_offsets"][str(n)] == 0 for n in owned["d"])
+        for name in ("a", "b", "c"):  # a shard kept restores only its tail, from its own file
+            for n, line in restores(fleet.instances[name], joined).items():
+                assert n in before[name], line
+                assert line["partitions"] == [n], line
+                assert line["cold"] is False, line
+                assert line["from_offsets"][str(n)] > 0, line
         mutate(sim, rng, 2)
         await truth.converge(fleet, "round 2")
         await truth.check("a fourth instance")
@@ -512,11 +518,15 @@ async def test_instances_share_shards_and_take_over_exactly_once(
         assert sleeper.daemon.proc is not None
         sleeper.stopped_at = zombie_since = time.time()
         sleeper.daemon.proc.send_signal(signal.SIGSTOP)
+        marks = await high_watermarks(kafka_bootstrap, state_topic)
         before = {k: v for k, v in owned.items() if k != sleeper.name}
         owned = await fleet.settled()
         assert set(owned) == set(before)
         gained = {s for k in owned for s in owned[k] - before[k]}
         assert gained == asleep, (before, owned)
+        for name, mine in owned.items():
+            new = mine - before[name]
+            assert_restored_only(fleet.instances[name], new, zombie_since, marks, unique_prefix)
         mutate(sim, rng, 4)
         await truth.converge(fleet, "round 4 (one instance paused)")
         sleeper.continued_at = time.time()
