@@ -157,8 +157,18 @@ def memory_child(config_path: Path, district_id: str | None) -> dict[str, Any]:
 # -- peer: a serial pager -------------------------------------------------------------------
 
 
-async def serial_pager(district: SimDistrict, entities: list[str], page_size: int) -> Figure:
-    """One request at a time, limit/offset until a short page, as typical sync scripts do."""
+def burn(seconds: float) -> None:
+    """Use ``seconds`` of CPU, as a consumer processing a page does."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+async def serial_pager(
+    district: SimDistrict, entities: list[str], page_size: int, *, work: float = 0.0
+) -> Figure:
+    """One request at a time, limit/offset until a short page, as typical sync scripts do;
+    ``work`` seconds of CPU spent on each page before the next request."""
     records = 0
     async with aiohttp.ClientSession() as session:
         headers = {"Authorization": f"Bearer {await _token(session, district)}"}
@@ -170,6 +180,7 @@ async def serial_pager(district: SimDistrict, entities: list[str], page_size: in
                 async with session.get(url, headers=headers) as resp:
                     data = orjson.loads(await resp.read())
                 page = next(v for v in data.values() if isinstance(v, list))
+                burn(work)
                 records += len(page)
                 offset += len(page)
                 if len(page) < page_size:
@@ -179,9 +190,15 @@ async def serial_pager(district: SimDistrict, entities: list[str], page_size: in
 
 
 async def our_pager(
-    district: SimDistrict, entities: list[str], page_size: int, concurrency: int
+    district: SimDistrict,
+    entities: list[str],
+    page_size: int,
+    concurrency: int,
+    *,
+    work: float = 0.0,
 ) -> Figure:
-    """``OneRosterClient`` listings (auth, retries, paging), no processing."""
+    """``OneRosterClient`` listings (auth, retries, paging); ``work`` seconds of CPU spent on
+    each page as it arrives (none by default)."""
     records = 0
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=max(8, 2 * concurrency))
@@ -206,6 +223,7 @@ async def our_pager(
         async with client:
             for entity in entities:
                 async for page in client.listing(entity):  # type: ignore[arg-type]
+                    burn(work)
                     records += len(page.records)
         seconds = time.monotonic() - started
     return Figure(records, seconds)

@@ -254,8 +254,10 @@ class Listing:
 
     With ``X-Total-Count`` the pages after the first are fetched concurrently (at most
     ``concurrency`` at a time, so memory stays flat) and may arrive out of offset order. Without
-    it, pages are fetched one after another until an empty page. A page shorter than asked while
-    the total says more is the server clamping ``limit``: the gap is fetched, it is not the end.
+    it, pages are fetched one after another until an empty page. Either way the next requests
+    are sent before a page is handed over: fetching overlaps the consumer's work. A page
+    shorter than asked while the total says more is the server clamping ``limit``: the gap is
+    fetched, it is not the end.
 
     ``complete`` becomes True only when the iterator is exhausted without error and neither the
     total nor ClassLink's ``X-Perm-Rev`` changed on the way; otherwise ``incomplete_reason``
@@ -385,13 +387,14 @@ class Listing:
         bound.info("source.listing_started", delta=self._filter is not None)
         records, total = await self._first()
         self.total = total
-        yield self._page(0, records)
-        if total is None:
-            async for page in self._sequential(len(records), records):
-                yield page
-        else:
-            async for page in self._concurrent(total, len(records)):
-                yield page
+        first = self._page(0, records)
+        pages = (
+            self._sequential(len(records), first)
+            if total is None
+            else self._concurrent(total, first)
+        )
+        async for page in pages:
+            yield page
         if self.incomplete_reason is None:
             self.complete = True
         seconds = time.monotonic() - started
@@ -413,23 +416,41 @@ class Listing:
             seconds=round(seconds, 3),
         )
 
-    async def _sequential(self, offset: int, previous: list[Any]) -> AsyncIterator[RawPage]:
-        """No total: page until an empty page."""
-        while previous:
-            records, total = await self._fetch(offset, self._client.page_size)
-            if total is not None and self.total is None:
-                self.total = total
-            if not records:
-                return
-            if records[0] == previous[0]:
-                raise errors.BadResponse(
-                    f"the server returned the same page for offset {offset}: it ignores "
-                    "`offset`, so the collection cannot be listed completely",
-                    status=200,
-                )
-            yield self._page(offset, records)
-            offset += len(records)
-            previous = records
+    async def _sequential(self, offset: int, first: RawPage) -> AsyncIterator[RawPage]:
+        """No total: ``first``, then page until an empty page. The next page is requested
+        before a page is handed over, so the consumer's work on it overlaps the request."""
+        previous = first.records
+        pending = self._prefetch(offset) if previous else None
+        try:
+            if pending is not None:
+                await asyncio.sleep(0)
+            yield first
+            while pending is not None:
+                records, total = await pending
+                pending = None
+                if total is not None and self.total is None:
+                    self.total = total
+                if not records:
+                    return
+                if records[0] == previous[0]:
+                    raise errors.BadResponse(
+                        f"the server returned the same page for offset {offset}: it ignores "
+                        "`offset`, so the collection cannot be listed completely",
+                        status=200,
+                    )
+                page = self._page(offset, records)
+                offset += len(records)
+                previous = records
+                pending = self._prefetch(offset)
+                await asyncio.sleep(0)  # let the request go out before the consumer works
+                yield page
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+
+    def _prefetch(self, offset: int) -> asyncio.Task[tuple[list[Any], int | None]]:
+        return asyncio.create_task(self._fetch(offset, self._client.page_size))
 
     def _settle(
         self,
@@ -456,9 +477,31 @@ class Listing:
             self._incomplete(f"empty page at offset {offset} of {total}")
         return step
 
-    async def _concurrent(self, total: int, first: int) -> AsyncIterator[RawPage]:
-        """Known total: fetch the remaining pages concurrently, filling gaps left by clamping."""
+    def _refill(
+        self,
+        running: dict[asyncio.Task[tuple[list[Any], int | None]], tuple[int, int]],
+        gaps: deque[tuple[int, int]],
+        next_offset: int,
+        step: int,
+        total: int,
+    ) -> int:
+        """Start fetches (gaps first) until ``concurrency`` run; returns the next offset."""
+        while len(running) < self._client.concurrency and (gaps or next_offset < total):
+            if gaps:
+                offset, limit = gaps.popleft()
+            else:
+                offset, limit = next_offset, step
+                next_offset += step
+            running[asyncio.create_task(self._fetch(offset, limit))] = (offset, limit)
+        return next_offset
+
+    async def _concurrent(self, total: int, first_page: RawPage) -> AsyncIterator[RawPage]:
+        """Known total: ``first_page``, then the remaining pages fetched concurrently, filling
+        gaps left by clamping. The free slots are refilled before pages are handed over, so the
+        requests run while the consumer works on them (at most ``concurrency`` pages in flight
+        and as many handed over or waiting to be)."""
         client = self._client
+        first = len(first_page.records)
         step = client.page_size
         if 0 < first < min(step, total):
             step = first  # the server clamps `limit`: ask for what it gives
@@ -467,16 +510,17 @@ class Listing:
         if first == 0 and total:
             self._incomplete(f"first page empty although X-Total-Count is {total}")
         running: dict[asyncio.Task[tuple[list[Any], int | None]], tuple[int, int]] = {}
+        ready = [first_page]
         try:
-            while gaps or next_offset < total or running:
-                while len(running) < client.concurrency and (gaps or next_offset < total):
-                    if gaps:
-                        offset, limit = gaps.popleft()
-                    else:
-                        offset, limit = next_offset, step
-                        next_offset += step
-                    task = asyncio.create_task(self._fetch(offset, limit))
-                    running[task] = (offset, limit)
+            while True:
+                next_offset = self._refill(running, gaps, next_offset, step, total)
+                if running and ready:
+                    await asyncio.sleep(0)  # let the new requests go out before the consumer works
+                for page in ready:
+                    yield page
+                ready = []
+                if not running:  # nothing in flight after the refill: no gap, no page left
+                    return
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: running[t][0]):
                     offset, limit = running.pop(task)
@@ -491,7 +535,7 @@ class Listing:
                         step=step,
                     )
                     if records:
-                        yield self._page(offset, records)
+                        ready.append(self._page(offset, records))
         finally:
             for task in running:
                 task.cancel()

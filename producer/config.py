@@ -322,11 +322,19 @@ class SyncConfig(_Section):
     circuit_breaker_threshold: int = Field(default=5, ge=1)
     #: On SIGTERM/SIGINT, in-flight polls get this long to finish before they are cancelled.
     shutdown_grace: Duration = 30.0
+    #: Slow-moving entities on their own cadence, e.g. ``{orgs = "15m", courses = "15m"}``: a
+    #: delta poll visits a listed entity only when this long has passed since its last pass in
+    #: this process (full syncs and operator syncs visit every entity). Its changes then reach
+    #: Kafka up to that much later. Default: none, every entity at every poll.
+    entity_intervals: dict[Entity, Duration] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Self:
         if self.failure_backoff_max < self.failure_backoff:
             raise _FieldProblem("failure_backoff_max", "must be >= failure_backoff")
+        for entity, interval in self.entity_intervals.items():
+            if interval <= 0:
+                raise _FieldProblem(f"entity_intervals.{entity}", "must be greater than 0")
         return self
 
 
@@ -630,6 +638,8 @@ def _validate(
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's mark of a bad key in a table: the key itself names it
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(root)"
 
@@ -699,8 +709,20 @@ def _is_list_field(model: type[BaseModel], key: str) -> bool:
     return False
 
 
+def _is_table_field(model: type[BaseModel], key: str) -> bool:
+    annotation = model.model_fields[key].annotation
+    return get_origin(annotation) is dict
+
+
 def _env_value(model: type[BaseModel] | None, key: str, value: str, name: str) -> object:
-    if model is None or key not in model.model_fields or not _is_list_field(model, key):
+    if model is None or key not in model.model_fields:
+        return value
+    if _is_table_field(model, key) and value.lstrip().startswith("{"):
+        try:
+            return tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(name, f"not a TOML inline table: {exc}") from None
+    if not _is_list_field(model, key):
         return value
     if value.lstrip().startswith("["):
         try:

@@ -79,13 +79,29 @@ class ClientFactory:
     def __init__(self, classlink: ClassLinkConfig | None, observer: ClientObserver) -> None:
         self._classlink = classlink
         self._observer = observer
+        #: One connection pool per TLS setting, shared by the districts' sessions: districts on
+        #: one host (a ClassLink proxy, one SIS serving many districts) reuse each other's
+        #: kept-alive connections instead of each opening its own at every poll. No total
+        #: limit: each district's ``concurrency`` and the scheduler bound the requests.
+        self._connectors: dict[tuple[str | None, bool], aiohttp.TCPConnector] = {}
+
+    def _connector(self, cafile: str | None, verify: bool) -> aiohttp.TCPConnector:
+        found = self._connectors.get((cafile, verify))
+        if found is None or found.closed:
+            found = aiohttp.TCPConnector(limit=0, ssl=_ssl_context(cafile, verify))
+            self._connectors[cafile, verify] = found
+        return found
+
+    async def close(self) -> None:
+        """Close the shared connection pools (after every session that uses them)."""
+        connectors, self._connectors = self._connectors, {}
+        for connector in connectors.values():
+            await connector.close()
 
     def build(self, district: District) -> tuple[OneRosterClient, aiohttp.ClientSession]:
         cfg = district.config
-        tls = _ssl_context(str(cfg.ssl_cafile) if cfg.ssl_cafile else None, cfg.verify_tls)
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(8, 2 * cfg.concurrency), ssl=tls)
-        )
+        connector = self._connector(str(cfg.ssl_cafile) if cfg.ssl_cafile else None, cfg.verify_tls)
+        session = aiohttp.ClientSession(connector=connector, connector_owner=False)
         client = OneRosterClient(
             district_id=district.id,
             base_url=district.base_url,
@@ -210,6 +226,7 @@ class DistrictRegistry:
             await session.close()
 
     async def close(self) -> None:
-        """Close every client; idempotent."""
+        """Close every client and the connection pools; idempotent."""
         for district_id in list(self._clients):
             await self.close_client(district_id)
+        await self._factory.close()

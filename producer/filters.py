@@ -100,8 +100,13 @@ def delta_filter(cursor: datetime, fmt: TimestampFormat = DEFAULT_FORMAT) -> str
     return str(predicate("dateLastModified", op, cursor, fmt=fmt))
 
 
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9._~-]*")
+
+
 def encode_component(text: str) -> str:
     """RFC 3986 percent-encoding: every byte except ``A-Z a-z 0-9 - . _ ~`` is escaped."""
+    if _UNRESERVED.fullmatch(text) is not None:  # most keys and values: nothing to escape
+        return text
     return quote(text, safe="")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
 _Metric = Counter | Gauge | Histogram
+_M = TypeVar("_M", Counter, Gauge, Histogram)
 _PAGE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SYNC_BUCKETS: Final = (0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0)
 
@@ -125,60 +126,70 @@ class Metrics:
             registry=r,
         )
         self._district_series: dict[str, set[tuple[_Metric, tuple[str, ...]]]] = {}
+        self._children: dict[tuple[_Metric, tuple[str, ...]], _Metric] = {}
 
-    def _labels(self, metric: _Metric, *values: str) -> tuple[str, ...]:
-        district = values[0]
-        self._district_series.setdefault(district, set()).add((metric, values))
-        return values
+    def _child(self, metric: _M, *values: str) -> _M:
+        """The series of ``metric`` with label ``values`` (the first is the district), looked up
+        once: ``labels()`` costs more than the update itself, and the fan-out updates a dozen
+        series per entity pass."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+            self._district_series.setdefault(values[0], set()).add(key)
+        return child  # type: ignore[return-value]
 
     # ----------------------------------------------------------------- counters
 
     def records_fetched(self, district: str, entity: str, n: int = 1) -> None:
         """``n`` records came back from the server."""
-        self._records.labels(*self._labels(self._records, district, entity)).inc(n)
+        child = self._child(self._records, district, entity)
+        if n:
+            child.inc(n)
 
     def events(self, district: str, entity: str, op: Op, n: int = 1) -> None:
         """``n`` events of kind ``op`` were committed."""
-        self._events.labels(*self._labels(self._events, district, entity, op)).inc(n)
+        child = self._child(self._events, district, entity, op)
+        if n:
+            child.inc(n)
 
     def deadletters(self, district: str, entity: str, n: int = 1) -> None:
         """``n`` records went to the dead-letter topic."""
-        self._deadletters.labels(*self._labels(self._deadletters, district, entity)).inc(n)
+        child = self._child(self._deadletters, district, entity)
+        if n:
+            child.inc(n)
 
     def error(self, district: str, kind: str | BaseException | type[BaseException]) -> None:
         """One failure, labelled by error class (an exception is reduced to its class name)."""
-        self._errors.labels(*self._labels(self._errors, district, _kind(kind))).inc()
+        self._child(self._errors, district, _kind(kind)).inc()
 
     def retry(self, district: str, reason: str) -> None:
         """One retried request (``reason`` e.g. ``"429"``, ``"timeout"``, ``"5xx"``)."""
-        self._retries.labels(*self._labels(self._retries, district, reason)).inc()
+        self._child(self._retries, district, reason).inc()
 
     def mass_delete_held(self, district: str, entity: str) -> None:
         """The mass-delete guard held back a full sync's deletes."""
-        labels = self._labels(self._mass_delete_held, district, entity)
-        self._mass_delete_held.labels(*labels).inc()
+        self._child(self._mass_delete_held, district, entity).inc()
 
     # ----------------------------------------------------------------- histograms
 
     def page(self, district: str, seconds: float) -> None:
         """One page took ``seconds`` to fetch."""
-        self._page_seconds.labels(*self._labels(self._page_seconds, district)).observe(seconds)
+        self._child(self._page_seconds, district).observe(seconds)
 
     def sync(self, district: str, entity: str, mode: SyncMode, seconds: float) -> None:
         """A sync of one entity took ``seconds``."""
-        labels = self._labels(self._sync_seconds, district, entity, mode)
-        self._sync_seconds.labels(*labels).observe(seconds)
+        self._child(self._sync_seconds, district, entity, mode).observe(seconds)
 
     # ----------------------------------------------------------------- gauges
 
     def last_success(self, district: str, entity: str, timestamp: float) -> None:
         """A sync of one entity succeeded at unix time ``timestamp``."""
-        labels = self._labels(self._last_success, district, entity)
-        self._last_success.labels(*labels).set(timestamp)
+        self._child(self._last_success, district, entity).set(timestamp)
 
     def cursor_lag(self, district: str, entity: str, seconds: float) -> None:
         """How far the committed delta cursor is behind now."""
-        self._cursor_lag.labels(*self._labels(self._cursor_lag, district, entity)).set(seconds)
+        self._child(self._cursor_lag, district, entity).set(seconds)
 
     def state_keys(self, n: int) -> None:
         """Keys held by the local state store."""
@@ -206,6 +217,7 @@ class Metrics:
         """Drop every series of a district that was removed from the config."""
         for metric, values in self._district_series.pop(district, set()):
             metric.remove(*values)
+            self._children.pop((metric, values), None)
 
     def render(self) -> bytes:
         """Every metric in the Prometheus text exposition format."""

@@ -234,7 +234,6 @@ class Requester:
     async def _once(
         self, url: yarl.URL, key: str | tuple[str, ...], *, filter_sent: bool, expect: type
     ) -> tuple[Any, CIMultiDictProxy[str]]:
-        where = loggable_url(url)
         sent = await self.auth.headers("GET", url)
         headers = {**sent, "Accept": "application/json"}
         try:
@@ -246,18 +245,24 @@ class Requester:
         except (aiohttp.ClientError, TimeoutError) as exc:
             kind = "timed out" if isinstance(exc, TimeoutError) else "failed"
             raise errors.SourceUnavailable(
-                f"request {kind}: {type(exc).__name__}: {exc}", url=where
+                f"request {kind}: {type(exc).__name__}: {exc}", url=loggable_url(url)
             ) from exc
         info: ServerStatus
         if status == 200:
-            records, envelope = records_of(body, key, url=where, expect=expect)
-            if envelope is None:
-                _check_count(records, response_headers, where)
-                return records, response_headers
+            # The loggable URL is made only for an error: a good page does not pay for it.
+            try:
+                records, envelope = records_of(body, key, url="", expect=expect)
+                if envelope is None:
+                    _check_count(records, response_headers, "")
+                    return records, response_headers
+            except errors.BadResponse as exc:
+                exc.url = loggable_url(url)
+                raise
             info = envelope
             status = envelope.implied_status or 200
         else:
             info = describe_body(body)
+        where = loggable_url(url)
         if status == 401:
             unauthorised = _Unauthorised(f"HTTP 401: {info.text()}", status=401, url=where)
             unauthorised.rejected = sent

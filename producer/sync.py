@@ -29,6 +29,10 @@ enrollments, demographics):
   with nothing even for a filter every record matches (it cannot parse the filter but says 200),
   is marked ``delta_supported = False`` and gets full listings from then on. Each case is logged
   as a warning.
+- **Cadence.** An entity in ``sync.entity_intervals`` is visited by a scheduled delta poll only
+  when its interval has come round since its last pass in this process (the first poll visits
+  it); full syncs and passes over chosen entities visit it whatever its cadence. A skipped
+  entity's cursor stays where it was, so its next pass reads every change since.
 - **Demographics** answered with 403 (scope not granted) are skipped with a warning.
 - **Privacy.** Every source record passes through the ``[privacy]`` rules (``producer.privacy``)
   as it enters, before its raw digest is taken or it is normalised or dead-lettered.
@@ -212,6 +216,8 @@ class DistrictSync:
         self._clock = clock
         #: Entities whose delta filter was probed (``_filter_unanswered``).
         self._filter_probed: set[Entity] = set()
+        #: When each entity's last pass ended (``sync.entity_intervals``).
+        self._visited: dict[Entity, datetime] = {}
 
     async def sync(
         self,
@@ -226,6 +232,8 @@ class DistrictSync:
         results are in ``progress`` (appended to as each entity finishes) when one is given."""
         sync_id = uuid.uuid4().hex
         chosen = self.chosen(entities)
+        if entities is None and not full and not confirm_deletes:
+            chosen = [e for e in chosen if self._due(e)]
         results = progress if progress is not None else []
         with structlog.contextvars.bound_contextvars(district=self.district_id, sync_id=sync_id):
             for entity in chosen:
@@ -235,7 +243,20 @@ class DistrictSync:
                             entity, full=full, sync_id=sync_id, confirm_deletes=confirm_deletes
                         )
                     )
+                self._visited[entity] = self._clock()
         return results
+
+    def _due(self, entity: Entity) -> bool:
+        """Whether a scheduled delta poll visits ``entity``: always, unless
+        ``sync.entity_intervals`` gives it a cadence that has not come round since its last pass
+        (within half a poll interval, so that a poll arriving a moment early does not put the
+        entity off by a whole poll)."""
+        interval = self._settings.entity_intervals.get(entity)
+        last = self._visited.get(entity)
+        if interval is None or last is None:
+            return True
+        slack = self._settings.poll_interval / 2
+        return (self._clock() - last).total_seconds() + slack >= interval
 
     def chosen(self, entities: Sequence[Entity] | None = None) -> list[Entity]:
         """The entities a pass over ``entities`` (None: all of the district's) visits, in order."""

@@ -226,3 +226,25 @@ async def test_stopping_early_cancels_pages_in_flight(server):
         assert not listing.complete
     await asyncio.sleep(0.05)
     assert server.in_flight == 0
+
+
+@pytest.mark.parametrize("send_total", [True, False])
+async def test_next_pages_are_requested_while_the_consumer_works_on_a_page(
+    server: FakeServer, send_total: bool
+) -> None:
+    """The listing asks for the next pages before it hands a page over: while the consumer is
+    busy with the first page (here: waiting), the requests for the pages after it have already
+    reached the server (all of them up to the concurrency with a total, the next one without),
+    and the listing still yields every record once."""
+    server.records = make_records(95)
+    server.send_total = send_total
+    async with client_for(server, concurrency=3) as client:
+        listing = client.listing("users")
+        pages = aiter(listing)
+        first = await anext(pages)
+        await asyncio.sleep(0.2)  # the consumer's work on the first page
+        asked = sorted(int(dict(parse_qsl(q))["offset"]) for q in server.queries)
+        assert asked == ([0, 10, 20, 30] if send_total else [0, 10])
+        rest = [r async for page in pages for r in page.records]
+    assert ids(first.records + rest) == Counter(r["sourcedId"] for r in server.records)
+    assert listing.complete

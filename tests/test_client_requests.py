@@ -11,9 +11,19 @@ import pytest
 from aiohttp import web
 
 from producer import errors
-from producer.protocols import ClientEvent, ListingDone, PageFetched, RequestRetried
+from producer.config import config_from_mapping
+from producer.districts import DistrictRegistry
+from producer.protocols import (
+    ClientEvent,
+    ListingDone,
+    PageFetched,
+    RequestRetried,
+    ignore_events,
+)
 from tests.oneroster_fake import (
     FAST,
+    TOKEN,
+    FakeServer,
     client_for,
     collect,
     ids,
@@ -129,3 +139,33 @@ async def test_200_without_the_data_key_is_an_error_not_an_empty_page(server):
     async with client_for(server) as client:
         with pytest.raises(errors.BadResponse, match="without a 'users' list"):
             await collect(client)
+
+
+async def test_districts_on_one_host_share_kept_alive_connections(server: FakeServer) -> None:
+    """Two districts on the same server (a ClassLink proxy, one SIS for many districts) reuse
+    each other's kept-alive connection instead of each opening its own."""
+    config = config_from_mapping(
+        {
+            "kafka": {"bootstrap_servers": "127.0.0.1:1"},
+            "districts": [
+                {"id": d, "base_url": server.url, "version": "1.2", "auth": "bearer"}
+                | {"bearer": TOKEN}
+                for d in ("d1", "d2")
+            ],
+        },
+        {},
+    )
+    registry = DistrictRegistry(config, observer=ignore_events)
+    try:
+        for district in ("d1", "d2"):
+            listing, records = await collect(registry.client(district))
+            assert listing.complete
+            assert len(records) == len(server.records)
+        ports = set()
+        for request in server.requests:
+            assert request.transport is not None
+            ports.add(request.transport.get_extra_info("peername")[1])
+        assert len(server.requests) == 2
+        assert len(ports) == 1
+    finally:
+        await registry.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -413,6 +414,27 @@ def test_demo_configs_match_the_default_simulator():
             assert district.client_id == spec.client_id
             assert district.client_secret == Secret(spec.client_secret)
             assert district.base_url.endswith("/" + district.id)
+
+
+def test_entity_intervals_from_file_and_environment(write: Any) -> None:
+    """``sync.entity_intervals`` takes a table of entity -> duration, from the file or as a TOML
+    inline table in ONEROSTER_CDC__SYNC__ENTITY_INTERVALS; a bad entity, a duration of zero or
+    a non-table is refused naming the key."""
+    env = {"SPRINGFIELD_SECRET": "abcd"}
+    text = DISTRICT + '[sync]\nentity_intervals = { orgs = "15m", courses = "1h" }\n'
+    assert load_config(write(text), env).sync.entity_intervals == {"orgs": 900.0, "courses": 3600.0}
+    over = {**env, "ONEROSTER_CDC__SYNC__ENTITY_INTERVALS": '{academicSessions = "30m"}'}
+    assert load_config(write(DISTRICT), over).sync.entity_intervals == {"academicSessions": 1800.0}
+    assert load_config(write(DISTRICT), env).sync.entity_intervals == {}
+    err = error_of(write(DISTRICT + '[sync]\nentity_intervals = { org = "15m" }\n'), env)
+    assert err.key == "sync.entity_intervals.org"
+    assert "'orgs'" in str(err)
+    err = error_of(write(DISTRICT + '[sync]\nentity_intervals = { orgs = "0s" }\n'), env)
+    assert err.key == "sync.entity_intervals.orgs"
+    err = error_of(write(DISTRICT), {**env, "ONEROSTER_CDC__SYNC__ENTITY_INTERVALS": "15m"})
+    assert err.key == "sync.entity_intervals"
+    err = error_of(write(DISTRICT), {**env, "ONEROSTER_CDC__SYNC__ENTITY_INTERVALS": "{orgs ="})
+    assert err.key == "ONEROSTER_CDC__SYNC__ENTITY_INTERVALS"
 
 
 def test_shards_default_and_bounds(write):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.filters import FilterError, delta_filter, encode_query, predicate
+from producer.filters import FilterError, delta_filter, encode_component, encode_query, predicate
 from producer.timestamps import DEFAULT_FORMAT, TimestampFormat, detect_format, parse_timestamp
 
 MOMENT = datetime(2026, 4, 26, 12, 0, 5, 987654, UTC)
@@ -166,3 +166,10 @@ def test_offset_zone_is_converted_not_relabelled():
     text = fmt.format(MOMENT)
     assert datetime.fromisoformat(text) == MOMENT.replace(microsecond=0)
     assert datetime.fromisoformat(text).utcoffset() == timezone(timedelta(hours=-5)).utcoffset(None)
+
+
+@given(st.text() | st.text(alphabet="AZaz09-._~ %+&='/", max_size=20))
+def test_encode_component_is_strict_rfc3986_percent_encoding(text: str) -> None:
+    """Any text encodes exactly as ``quote(text, safe="")`` does (the unreserved-only fast path
+    changes nothing): only ``A-Z a-z 0-9 - . _ ~`` stay as they are."""
+    assert encode_component(text) == quote(text, safe="")

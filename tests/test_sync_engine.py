@@ -420,3 +420,34 @@ async def test_a_deleted_record_emits_an_event_then_its_tombstone() -> None:
     ]
     assert written[1].headers == [("op", b"TOMBSTONE")]
     assert engine.store.get("orgs", DISTRICT, "org-000") is None
+
+
+async def test_entity_intervals_put_off_slow_entities_without_losing_their_changes() -> None:
+    """With ``entity_intervals = {orgs = "10m"}`` and a 60 s poll, scheduled delta polls visit
+    orgs only every ten minutes (users at every poll); an org changed meanwhile is emitted
+    once its cadence comes round, from the cursor where it stayed; a full sync and a pass over
+    chosen entities visit orgs whatever the cadence."""
+    source = MemorySource({"orgs": [org("o1")], "users": [org("u1")]})
+    settings = SyncConfig(poll_interval=60.0, entity_intervals={"orgs": 600.0})
+    engine = Engine(source, settings=settings)
+
+    async def poll(**kwargs: Any) -> list[str]:
+        return [r.entity for r in await engine.sync.sync(**kwargs)]
+
+    assert await poll() == ["orgs", "users"]  # the first poll visits everything
+    visited_at = engine.now
+    source.records["orgs"] = [org("o1", at=T0 + timedelta(minutes=30), name="Renamed")]
+    for minute in range(1, 10):
+        engine.now = visited_at + timedelta(minutes=minute)
+        assert await poll() == ["users"], f"orgs visited {minute} min after its last pass"
+    assert not [e for e in engine.envelopes() if e["entity"] == "orgs" and e["op"] == "UPDATED"]
+    engine.now = visited_at + timedelta(minutes=10) - timedelta(seconds=20)  # a poll a bit early
+    assert await poll() == ["orgs", "users"]
+    updated = [e for e in engine.envelopes() if e["op"] == "UPDATED"]
+    assert [(e["entity"], e["sourced_id"]) for e in updated] == [("orgs", "o1")]
+    engine.now += timedelta(minutes=1)
+    assert await poll() == ["users"]
+    assert await poll(full=True) == ["orgs", "users"]
+    engine.now += timedelta(minutes=1)
+    assert await poll(entities=["orgs"]) == ["orgs"]
+    assert await poll() == ["users"]
