@@ -1,3 +1,3 @@
 """oneroster-cdc: OneRoster rosters as an exactly-once Kafka change stream."""
 
-__version__ = "0.3.0"
+__version__ = "0.2.0"

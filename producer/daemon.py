@@ -150,8 +150,15 @@ class Daemon:
         return self.ownership.member if self.ownership is not None else None
 
     def shards_restored(self) -> bool:
-        """The group assigned this instance its shards and every one of them is restored."""
-        return self._assigned_once and not self._pending and self.service.restored
+        """The group assigned this instance its shards and every one of them is started and
+        restored (a fenced shard, closed until the group gives it again, is not)."""
+        owned = self.ownership.owned if self.ownership is not None else frozenset()
+        return (
+            self._assigned_once
+            and not self._pending
+            and self.service.restored
+            and owned == frozenset(self.service.shards)
+        )
 
     async def status(self) -> dict[str, Any]:
         """The status page's snapshot: readiness, the owned shards, and every district (static

@@ -194,6 +194,7 @@ async def test_a_fenced_shard_is_closed_and_the_daemon_rejoins(
         district.update("users", sorted(district.truth_state("users"))[0], givenName="Fenced")
         await eventually(lambda: victim not in owned(daemon), within=60, interval=0.1)
         assert owned(daemon) == set(range(SHARDS)) - {victim}
+        assert not daemon.shards_restored()  # /readyz: a shard it should own is closed
         assert not set(daemon.polled_districts) & {
             d for d in DISTRICTS if shard_of(d, SHARDS) == victim
         }
