@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import orjson
@@ -91,10 +92,16 @@ async def delta(
 
 
 async def write_synthetic_state(
-    service: Service, values: list[Message], keys: int, *, chunk: int = 5000
+    service: Service,
+    values: list[Message],
+    keys: int,
+    *,
+    chunk: int = 5000,
+    district: str = "synthetic",
 ) -> Figure:
-    """``keys`` state records of district ``synthetic`` (entity users), their values and digests
-    cycled from real state records of the snapshot; written through the product's writer."""
+    """``keys`` state records of ``district`` (entity users), their values and digests cycled
+    from real state records of the snapshot; written through the product's writer (the
+    district's shard's)."""
     real = [(v, dict(h).get("digest")) for _, _, v, h in values if v is not None]
     assert real, "no state records to model the synthetic ones on"
     started = time.monotonic()
@@ -102,8 +109,8 @@ async def write_synthetic_state(
         writes = []
         for i in range(start, min(keys, start + chunk)):
             value, digest = real[i % len(real)]
-            writes.append(StateWrite("users", "synthetic", f"syn-{i:09d}", digest, value))
-        await service.writer_for("synthetic").commit(Batch(state=writes))
+            writes.append(StateWrite("users", district, f"syn-{i:09d}", digest, value))
+        await service.writer_for(district).commit(Batch(state=writes))
     return Figure(keys, time.monotonic() - started)
 
 
@@ -314,13 +321,66 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _metric_count(url: str, name: str) -> int:
+def _scrape(url: str) -> list[tuple[str, float]] | None:
+    """``(series, value)`` of every sample at a Prometheus endpoint (None: no answer)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
     except OSError:
+        return None
+    out = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out.append((series, float(value)))
+    return out
+
+
+def metric_count(url: str, name: str) -> int:
+    """How many series of ``name`` (with labels) the endpoint has (-1: no answer)."""
+    samples = _scrape(url)
+    if samples is None:
         return -1
-    return sum(1 for line in text.splitlines() if line.startswith(name + "{"))
+    return sum(1 for series, _ in samples if series.startswith(name + "{"))
+
+
+def metric_sum(url: str, name: str) -> float:
+    """The sum of every series of ``name`` (-1: no answer)."""
+    samples = _scrape(url)
+    if samples is None:
+        return -1.0
+    return sum(v for series, v in samples if series == name or series.startswith(name + "{"))
+
+
+def get_status(url: str) -> int:
+    """The HTTP status of a GET (0: no answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def get_json(url: str) -> Any:
+    """The JSON body of a GET (None: no answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return orjson.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def start_daemon(
+    config_path: Path, log: IO[bytes], *, level: str = "WARNING"
+) -> subprocess.Popen[bytes]:
+    """``oneroster-cdc run`` as a process of its own, JSON logs at ``level`` to ``log``."""
+    exe = Path(sys.executable).with_name("oneroster-cdc")
+    argv = [str(exe), "--config", str(config_path), "--log-format", "json"]
+    return subprocess.Popen(
+        [*argv, "--log-level", level, "run"], stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def fanout(
@@ -335,25 +395,11 @@ def fanout(
 ) -> dict[str, Any]:
     """Run ``oneroster-cdc run``; once every district/entity has succeeded once (the snapshot),
     wait ``settle`` seconds, then measure the daemon's CPU over ``window`` seconds."""
-    exe = Path(sys.executable).with_name("oneroster-cdc")
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(exe),
-                "--config",
-                str(config_path),
-                "--log-format",
-                "json",
-                "--log-level",
-                "WARNING",
-                "run",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_daemon(config_path, log)
         try:
             started = time.monotonic()
-            while _metric_count(metrics_url, "oneroster_last_success_timestamp_seconds") < expected:
+            while metric_count(metrics_url, "oneroster_last_success_timestamp_seconds") < expected:
                 if proc.poll() is not None:
                     raise RuntimeError(f"the daemon exited with {proc.returncode}; see {log_path}")
                 if time.monotonic() - started > timeout:
@@ -364,7 +410,7 @@ def fanout(
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(window)
             cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
-            errors = _metric_count(metrics_url, "oneroster_errors_total")
+            errors = metric_count(metrics_url, "oneroster_errors_total")
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -387,11 +433,16 @@ __all__ = [
     "cpu_seconds",
     "delta",
     "fanout",
+    "get_json",
+    "get_status",
     "latency",
     "memory_child",
+    "metric_count",
+    "metric_sum",
     "our_pager",
     "read_topics",
     "serial_pager",
+    "start_daemon",
     "timed_sync",
     "warm_restart",
     "write_synthetic_state",

@@ -346,15 +346,21 @@ class Daemon:
         self._fail()
 
     async def shards_revoked(self, shards: frozenset[int]) -> None:
-        """Stop the revoked shards' polls (within ``shutdown_grace``), then close them."""
+        """Stop the revoked shards' polls (within ``shutdown_grace``), then close them. When
+        the group had dropped this instance (it was paused or cut off past the session timeout),
+        its shards already restarted elsewhere and fenced it: polls are cancelled at once."""
+        expelled = self.ownership is not None and self.ownership.expelled
         if shards or self.service.shards:  # the first join revokes nothing
-            log.info("shards.revoked", shards=sorted(shards), member=self._member)
+            log.info(
+                "shards.revoked", shards=sorted(shards), member=self._member, expelled=expelled
+            )
         if self._taking is not None:
             self._taking.cancel()
             await asyncio.gather(self._taking, return_exceptions=True)
             self._taking = None
         self._pending = frozenset()
-        await self._close_shards(shards | frozenset(self.service.shards), grace=None)
+        grace = 0.0 if expelled else None
+        await self._close_shards(shards | frozenset(self.service.shards), grace=grace)
 
     async def _close_shards(self, shards: frozenset[int], *, grace: float | None) -> None:
         """Unschedule the districts of ``shards`` (running polls get ``grace``, default

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,9 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_compose_file_is_accepted_by_docker_compose() -> None:
-    """`docker-compose config` (installed by .ci/run) accepts the file and resolves the three
-    services, with the producer waiting for healthy Kafka and simulator services."""
+def resolved_compose() -> dict[str, Any]:
+    """The file as `docker-compose config` (installed by .ci/run) resolves it."""
     tool = shutil.which("docker-compose")
     if tool is None:
         if os.environ.get("CI", "").lower() == "true":
@@ -29,7 +29,14 @@ def test_compose_file_is_accepted_by_docker_compose() -> None:
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    resolved = yaml.safe_load(run.stdout)
+    resolved: dict[str, Any] = yaml.safe_load(run.stdout)
+    return resolved
+
+
+def test_compose_file_is_accepted_by_docker_compose() -> None:
+    """`docker-compose config` accepts the file and resolves the three services, with the
+    producer waiting for healthy Kafka and simulator services."""
+    resolved = resolved_compose()
     assert set(resolved["services"]) == {"kafka", "simulator", "producer"}
     producer = resolved["services"]["producer"]
     assert producer["depends_on"] == {
@@ -61,4 +68,28 @@ def test_image_runs_as_a_user_that_owns_the_private_state_volume() -> None:
     state_dir = tomllib.loads((ROOT / "config" / "docker.toml").read_text())["state"]["dir"]
     assert Path(state_dir).is_relative_to(volume)
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert f"producer-state:{volume}" in compose["services"]["producer"]["volumes"]
+    mounted = [str(v).split(":")[1] for v in compose["services"]["producer"].get("volumes", [])]
+    assert volume not in mounted  # every replica its own anonymous volume (see below)
+
+
+def test_producer_service_scales_out() -> None:
+    """`docker compose up --scale producer=3` can start three replicas: the producer service has
+    no fixed container name or hostname (each replica's group member id names its own
+    container), publishes its HTTP port from a host range of at least three ports rather than
+    one fixed port, and mounts no named volume (no two replicas share a state directory: each
+    gets the image's anonymous volume)."""
+    resolved = resolved_compose()
+    producer = resolved["services"]["producer"]
+    assert "container_name" not in producer
+    assert "hostname" not in producer
+    for port in producer.get("ports", []):
+        published = str(port).rsplit(":", 1)[0].rpartition(":")[2]
+        low, _, high = published.partition("-")
+        assert high, f"a fixed host port clashes between replicas: {port}"
+        assert int(high) - int(low) + 1 >= 3, port
+    named = set(resolved.get("volumes") or {})
+    for volume in producer.get("volumes", []):
+        source = str(volume).split(":")[0]
+        assert source not in named, f"replicas would share the named volume {source}"
+        assert source.startswith("/"), volume  # a bind mount of the host's files ...
+        assert str(volume).endswith(":ro"), volume  # ... read-only (the config)

@@ -113,6 +113,9 @@ class Ownership:
         self.assignments = 0
         #: Revocations received so far.
         self.revocations = 0
+        #: Whether the last revocation came after the group had dropped this member (its
+        #: session expired: a pause, a cut-off): its shards are already someone else's.
+        self.expelled = False
         self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -149,6 +152,9 @@ class Ownership:
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         self.revocations += 1
+        # aiokafka forgets its member id when the coordinator no longer knows it (a heartbeat
+        # answered UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION); a plain rebalance keeps it.
+        self.expelled = bool(revoked) and not self._consumer._coordinator.member_id
         shards = frozenset(tp.partition for tp in revoked if tp.topic == self.topic)
         self.owned = frozenset()
         try:
