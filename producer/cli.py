@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     forget = sub.add_parser(
         "forget",
         help="erase a district: DELETED events and tombstones for every record, checkpoints "
-        "removed (fences a running daemon, like confirm-deletes)",
+        "removed (refused while daemons of the deployment run, like confirm-deletes)",
     )
     forget.add_argument("--district", required=True, metavar="ID")
     forget.add_argument(

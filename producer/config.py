@@ -232,6 +232,12 @@ class KafkaConfig(_Section):
     event_retention: Duration | None = None
     #: ``delete.retention.ms`` of the compacted state topic: how long tombstones stay readable.
     state_delete_retention: Duration = 86400.0
+    #: The daemon's group membership (``producer.kafka.ownership``): an instance silent for this
+    #: long is dropped and its shards move to the others. Within the broker's
+    #: ``group.min.session.timeout.ms`` .. ``group.max.session.timeout.ms`` (6 s .. 30 min).
+    session_timeout: Duration = Field(default=10.0, ge=1.0, le=1800.0)
+    #: How often a member tells the group it is alive (at most a third of session_timeout).
+    heartbeat_interval: Duration = Field(default=3.0, gt=0.0, le=600.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +246,15 @@ class KafkaConfig(_Section):
             client_id = data.get("client_id", "oneroster-cdc")
             return {**data, "transactional_id": f"{client_id}-shard-0"}
         return data
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Self:
+        if self.heartbeat_interval * 3 > self.session_timeout:
+            raise _FieldProblem(
+                "heartbeat_interval",
+                f"must be at most a third of session_timeout ({self.session_timeout:g}s)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_transactional_id(self) -> Self:

@@ -16,10 +16,10 @@ local store has no row of it. Event history and dead letters are not rewritten (
 they age out with ``kafka.event_retention``; consumers apply the DELETED events and tombstones to
 erase their copies.
 
-The command runs through ``Service``, whose writers (one per shard) fence any running owner of
-the shards (a daemon then stops with ``daemon.fenced``), exactly as ``confirm-deletes`` does;
-nothing of a fenced daemon's open transaction is committed. Everything goes through the shard of
-the district: its store, its writer (state and checkpoint tombstones land in its partition). A
+The command runs through ``Service``, owning every shard; like ``confirm-deletes`` it refuses
+while daemons of the deployment run (the CLI checks their group first). Everything goes through
+the shard of the district: its store, its writer (state and checkpoint tombstones land in its
+partition). A
 district the config still lists is refused unless forced: its next poll would snapshot it again.
 """
 

@@ -14,8 +14,10 @@ district, the loop:
    from ``circuit_breaker_threshold`` consecutive failures the district's circuit is open and it
    waits the cap. Other districts are never delayed and an error never stops the daemon.
 
-``set_districts`` starts and stops district tasks at runtime. ``stop(grace)`` stops starting
-polls, gives in-flight polls ``grace`` seconds, then cancels them. Clock and sleep are injected so
+``set_districts`` starts and stops district tasks at runtime. ``drop(ids, grace)`` stops some
+districts now (the daemon's revoked shards): idle ones at once, in-flight polls after ``grace``
+seconds. ``stop(grace)`` stops starting polls, gives in-flight polls ``grace`` seconds, then
+cancels them. Clock and sleep are injected so
 tests run on fake time.
 """
 
@@ -142,6 +144,8 @@ class Scheduler:
         wanted = list(dict.fromkeys(district_ids))
         for district_id in wanted:
             entry = self._districts.get(district_id)
+            if entry is not None and entry.task is not None and entry.task.done():
+                entry = None  # dropped; its task ended and is being forgotten
             if entry is not None:
                 if entry.removed:
                     entry.removed = False
@@ -161,17 +165,40 @@ class Scheduler:
 
     async def stop(self, grace: float | None = None) -> StopSummary:
         """Start no more polls; wait up to ``grace`` (default ``shutdown_grace``), then cancel."""
-        grace = self._sync.shutdown_grace if grace is None else grace
         self._stopping = True
+        grace = self._sync.shutdown_grace if grace is None else grace
+        entries = list(self._districts.values())
+        log.info(
+            "scheduler.stopping", in_flight=sum(e.status.running for e in entries), grace=grace
+        )
+        summary = await self._end(entries, grace)
+        log.info("scheduler.stopped", finished=summary.finished, cancelled=summary.cancelled)
+        return summary
+
+    async def drop(self, district_ids: Iterable[str], grace: float | None = None) -> StopSummary:
+        """Stop scheduling these districts now (others go on): an idle one at once, a running
+        poll given up to ``grace`` seconds (default ``shutdown_grace``) to finish, then
+        cancelled (an open transaction is aborted). Returns once all of them ended."""
+        grace = self._sync.shutdown_grace if grace is None else grace
+        entries = []
+        for district_id in dict.fromkeys(district_ids):
+            entry = self._districts.get(district_id)
+            if entry is not None:
+                entry.removed = True
+                entries.append(entry)
+        return await self._end(entries, grace)
+
+    async def _end(self, entries: list[_District], grace: float) -> StopSummary:
+        """End the tasks of ``entries``: idle ones cancelled at once, running polls after up
+        to ``grace`` seconds."""
         busy: set[asyncio.Task[None]] = set()
-        for entry in self._districts.values():
+        for entry in entries:
             if entry.task is None or entry.task.done():
                 continue
             if entry.status.running:
                 busy.add(entry.task)
             else:
                 entry.task.cancel()
-        log.info("scheduler.stopping", in_flight=len(busy), grace=grace)
         if busy and grace > 0:
             waiter = asyncio.ensure_future(asyncio.wait(busy))
             timer = asyncio.ensure_future(self._sleep(grace))
@@ -181,11 +208,10 @@ class Scheduler:
         late = {t for t in busy if not t.done()}
         for task in late:
             task.cancel()
-        everything = [e.task for e in self._districts.values() if e.task is not None]
-        await asyncio.gather(*everything, return_exceptions=True)
-        summary = StopSummary(finished=len(busy) - len(late), cancelled=len(late))
-        log.info("scheduler.stopped", finished=summary.finished, cancelled=summary.cancelled)
-        return summary
+        await asyncio.gather(
+            *(e.task for e in entries if e.task is not None), return_exceptions=True
+        )
+        return StopSummary(finished=len(busy) - len(late), cancelled=len(late))
 
     async def __aenter__(self) -> Self:
         return self
@@ -283,7 +309,8 @@ class Scheduler:
             timer.cancel()
             if not poll.done():
                 poll.cancel()
-                await asyncio.gather(poll, return_exceptions=True)
+            # Retrieved even when this task is cancelled (a dropped district) as the poll ends.
+            await asyncio.gather(poll, return_exceptions=True)
             self._update(district_id, running=False)
         elapsed = self._clock() - started
         error: str | None = None

@@ -10,6 +10,7 @@ producer, that every single one is needed.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,7 @@ from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 from producer.cli import _status
 from producer.config import Config, KafkaConfig
 from producer.errors import NotAuthorized
+from producer.kafka.ownership import Ownership
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
 from producer.tail import tail
@@ -190,6 +192,41 @@ def config_as(user: str, broker: AclBroker, sim: Simulator, prefix: str, state_d
     return base.model_copy(update={"kafka": KafkaConfig.model_validate(section)})
 
 
+class GroupOutcome:
+    """A ``ShardListener`` that keeps the first assignment or refusal of the group."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[frozenset[int] | NotAuthorized] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    async def shards_revoked(self, shards: frozenset[int]) -> None:
+        """Nothing to stop: this listener runs no shard."""
+
+    def shards_assigned(self, shards: frozenset[int]) -> None:
+        if not self.done.done():
+            self.done.set_result(shards)
+
+    def group_failed(self, error: NotAuthorized) -> None:
+        if not self.done.done():
+            self.done.set_result(error)
+
+
+async def join_group(config: Config) -> frozenset[int] | NotAuthorized:
+    """The daemon's group membership (``producer.kafka.ownership``) as ``config``'s principal:
+    the shards the group assigns, or the refusal."""
+    outcome = GroupOutcome()
+    ownership = Ownership(
+        config.kafka, f"{config.kafka.topic_prefix}.checkpoints", outcome, rebalance_timeout=10
+    )
+    await ownership.start()
+    try:
+        async with asyncio.timeout(60):
+            return await outcome.done
+    finally:
+        await ownership.close()
+
+
 async def committed(broker: AclBroker, prefix: str) -> dict[str, int]:
     """Committed records per topic under ``prefix``, read as the admin (topics that do not
     exist are left out)."""
@@ -222,6 +259,12 @@ async def test_exact_acls_let_the_producer_sync_and_readers_read_only_their_topi
     async with Service(config) as service:  # warm restart: restore + checkpoints as producer
         assert service.checkpoint("acl", "users").record_count == created["users"]
         assert service.state_keys() == sum(created.values())
+    # ``run`` joins the group <client_id>: refused without Read on it, then given every shard.
+    refused = await join_group(config)
+    assert isinstance(refused, NotAuthorized)
+    assert f"Read on group {prefix!r}" in str(refused)
+    await acl_broker.grant("producer", [Acl("group", prefix, "literal", "Read")])
+    assert await join_group(config) == frozenset(range(config.kafka.shards))
 
     group = f"{prefix}-readers"
     await acl_broker.grant("consumer", consumer_acls(prefix, group))

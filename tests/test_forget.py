@@ -5,7 +5,6 @@ nothing of it; other districts are untouched; a district the config still lists 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from producer.cli import _forget
 from producer.config import Config
 from producer.daemon import Daemon
-from producer.errors import ConfigError
+from producer.errors import ConfigError, GroupLive
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
 from tests.checker import ENTITIES, read_all, read_checkpoints, rebuild
@@ -168,12 +167,13 @@ async def test_forget_refuses_a_district_the_config_still_lists(
     assert (await rebuild(kafka_bootstrap, unique_prefix)).keys("users", "f1") == set()
 
 
-async def test_forget_fences_a_running_daemon_which_commits_nothing_more(
+async def test_forget_is_refused_while_a_daemon_runs_and_works_once_it_stopped(
     sim: Simulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
 ) -> None:
-    """A daemon still running with f1 in its config is fenced by ``forget`` (same
-    transactional id): its next write fails, it stops with exit code 1, and f1 stays
-    forgotten (no event of f1 after the forget's)."""
+    """While a daemon of the deployment runs (a live member of the group ``<client_id>``),
+    ``forget`` refuses with ``GroupLive`` naming it and writes nothing; the daemon keeps its
+    shards. Once it stopped, ``forget`` erases f1, and the daemon restarted without f1 emits
+    nothing of it."""
     both, without = configs(sim, kafka_bootstrap, unique_prefix, tmp_path / "state")
     fast = both.model_copy(
         update={"sync": both.sync.model_copy(update={"poll_interval": 0.5, "jitter": 0.0})}
@@ -184,19 +184,37 @@ async def test_forget_fences_a_running_daemon_which_commits_nothing_more(
         await eventually(
             lambda: len({c.district_id for c in daemon.service.checkpoints()}) == 2, within=120
         )
-        assert await _forget(without, "f1", force=False) == 0
-        deleted = (await rebuild(kafka_bootstrap, unique_prefix)).ops["DELETED"]
-        sim.advance_clock(60)
-        f1 = sim.district("f1")
-        f1.update("users", sorted(f1.truth_state("users"))[0], givenName="AfterForget")
-        async with asyncio.timeout(120):
-            code = await running
+        events = len(await read_all(kafka_bootstrap, f"{unique_prefix}.users"))
+        with pytest.raises(GroupLive, match="forget"):
+            await _forget(without, "f1", force=False)
+        assert not running.done()
+        assert sorted(daemon.service.shards) == list(range(both.kafka.shards))
+        assert len(await read_all(kafka_bootstrap, f"{unique_prefix}.users")) >= events
     finally:
-        if not running.done():
-            daemon.stop()
-            with contextlib.suppress(Exception):
-                await running
-    assert code == 1
+        daemon.stop()
+        async with asyncio.timeout(60):
+            code = await running
+    assert code == 0
+    assert await _forget(without, "f1", force=False) == 0
+    deleted = (await rebuild(kafka_bootstrap, unique_prefix)).ops["DELETED"]
+    assert deleted > 0
+    sim.advance_clock(60)
+    f1 = sim.district("f1")
+    f1.update("users", sorted(f1.truth_state("users"))[0], givenName="AfterForget")
+    again = Daemon(without)
+    running = asyncio.create_task(again.run(install_signals=False))
+    try:
+        await eventually(lambda: again.polled_districts == ("f2",), within=120)
+
+        async def polled_f2() -> bool:
+            rows = (await again.status())["districts"]
+            return any(r["id"] == "f2" and r["last_success_at"] for r in rows)
+
+        await eventually(polled_f2, within=60)
+    finally:
+        again.stop()
+        async with asyncio.timeout(60):
+            assert await running == 0
     after = await rebuild(kafka_bootstrap, unique_prefix)
     assert after.ops["DELETED"] == deleted
     assert {e: after.keys(e, "f1") for e in ENTITIES} == {e: set() for e in ENTITIES}

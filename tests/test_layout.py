@@ -13,7 +13,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from producer.config import KafkaConfig
 from producer.errors import GroupLive, NotShardedLayout
 from producer.kafka.fleet import Fleet, describe_fleet, require_no_live_group
-from producer.kafka.layout import Latest, check_layout, current_checkpoints, inspect_layout
+from producer.kafka.layout import (
+    Latest,
+    check_layout,
+    current_checkpoints,
+    inspect_layout,
+    partition_counts,
+)
 from producer.kafka.shards import SHARDS_HEADER, shard_of
 from producer.kafka.topics import TopicNames
 from producer.reshard import checkpoint_district, placed, plan_moves
@@ -48,6 +54,15 @@ async def create(bootstrap: str, prefix: str, *, state: int, checkpoints: int) -
         )
     finally:
         await admin.close()
+    # A created topic's metadata reaches the broker's cache a moment later (until then a
+    # request by name answers UNKNOWN_TOPIC_OR_PARTITION): wait for both, as a deployment's
+    # later start would find them.
+    options = {"bootstrap_servers": bootstrap}
+    for _ in range(100):
+        if len(await partition_counts(options, [names.state, names.checkpoints])) == 2:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{names.state} and {names.checkpoints} never showed in the metadata")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.checker import observed_changes, read_checkpoints, rebuild, truth_sna
 from tests.checker import state_mismatches as mismatches
 from tests.conftest import ServeSimulator
 from tests.harness import config_document, write_config
-from tests.reliability_helpers import DaemonProcess, eventually, http_get, run_cli, wait_exit
+from tests.reliability_helpers import DaemonProcess, eventually, http_get, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -164,13 +164,13 @@ async def test_listing_cut_short_by_errors_deletes_nothing_and_keeps_the_cursor(
 
 
 @pytest.mark.timeout(240)
-async def test_confirm_deletes_while_the_daemon_runs_applies_them_exactly_once(
+async def test_confirm_deletes_is_refused_while_the_daemon_runs_then_applies_them_once(
     sim: Simulator, kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
 ) -> None:
-    """An operator confirms held deletes while the daemon keeps running (same config, so
-    the same transactional id): the deletes are applied once; the daemon, fenced by the
-    confirming process, stops with exit 1 and ``daemon.fenced`` (as a zombie must), and once
-    restarted it emits nothing more: no duplicate DELETED and no re-created record."""
+    """An operator tries to confirm held deletes while the daemon runs: the command refuses
+    (exit 1, naming the running instance of the group) and writes nothing, and the daemon goes
+    on. Once the daemon is stopped the deletes are applied once, and the restarted daemon emits
+    nothing more: no duplicate DELETED and no re-created record."""
     config = config_for(sim, kafka_bootstrap, unique_prefix, tmp_path)
     logs = tmp_path / "logs"
     snapshot = await run_cli(config, "sync", "--district", DISTRICT, logs=logs)
@@ -184,14 +184,21 @@ async def test_confirm_deletes_while_the_daemon_runs_applies_them_exactly_once(
     try:
         daemon.start()
         await daemon.wait_log("sync.mass_delete_held", within=90)
+        before = await rebuild(kafka_bootstrap, unique_prefix)
+        refused = await run_cli(
+            config, "confirm-deletes", "--district", DISTRICT, "--entity", "users", logs=logs
+        )
+        assert refused.returncode == 1, refused.stderr[-3000:]
+        assert "running" in refused.stderr
+        assert unique_prefix in refused.stderr  # the group, named after the client id
+        assert daemon.running()
+        assert (await rebuild(kafka_bootstrap, unique_prefix)).ops == before.ops
+        assert await daemon.terminate() == 0
         confirmed = await run_cli(
             config, "confirm-deletes", "--district", DISTRICT, "--entity", "users", logs=logs
         )
         assert confirmed.returncode == 0, confirmed.stderr[-3000:]
         assert f"{len(gone)} applied" in confirmed.stdout
-        await daemon.wait_log("daemon.fenced", within=60)
-        assert daemon.proc is not None
-        assert await wait_exit(daemon.proc, 60) == 1  # it stops by itself
         daemon.start()
         await daemon.wait_log("poll.finished", within=90, where=lambda x: x.get("full") is True)
         assert await daemon.terminate() == 0

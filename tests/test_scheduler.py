@@ -324,3 +324,29 @@ async def test_error_never_stops_the_daemon(fake):
         assert runner.starts("good") == [0, 10, 20, 30]
         assert set(s.district_ids) == {"bad", "good"}
         await s.stop(grace=0)
+
+
+async def test_drop_stops_some_districts_within_grace_and_keeps_the_others(fake):
+    """drop (a revoked shard's districts): an idle district stops at once, a running poll gets
+    the grace and is then cancelled, the other districts keep their schedule, and a dropped
+    district can be scheduled again (a shard assigned back)."""
+    time, runner = fake
+    runner.duration["long"] = 100.0
+    s = scheduler(fake)
+    s.set_districts(["long", "idle", "other"])
+    await time.advance(1)
+    dropping = asyncio.create_task(s.drop(["long", "idle"], grace=10.0))
+    await time.advance(9)
+    assert not dropping.done()
+    await time.advance(2)
+    summary = await dropping
+    assert (summary.finished, summary.cancelled) == (0, 1)
+    assert runner.cancelled == ["long"]
+    assert s.district_ids == ("other",)
+    await time.advance(20)
+    assert runner.starts("idle") == [0]
+    assert runner.starts("other") == [0, 10, 20, 30]
+    s.set_districts(["other", "idle"])
+    await time.advance(10)
+    assert len(runner.starts("idle")) == 3
+    await s.stop(grace=0)

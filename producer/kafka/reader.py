@@ -227,7 +227,9 @@ class TopicReader:
             pending = {tp for tp in self._tps if (await consumer.position(tp)) < end[tp]}
         while pending:
             with self._errors():
-                batch = await consumer.getmany(*pending, timeout_ms=500, max_records=max_records)
+                # Short: a tail that is only a commit marker yields no record, so the call
+                # waits its whole timeout before the position is seen at the end.
+                batch = await consumer.getmany(*pending, timeout_ms=100, max_records=max_records)
                 positions: dict[int, int] = {}
                 for tp in list(pending):
                     positions[tp.partition] = position = await consumer.position(tp)
