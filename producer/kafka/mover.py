@@ -22,6 +22,7 @@ from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from producer.errors import BrokerUnavailable, Fenced, SinkError
 from producer.kafka.authz import denied
 from producer.kafka.reader import Headers, topic_partitions
+from producer.kafka.writer import quiet_stop, transactional_producer
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +115,11 @@ class Mover:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> Mover:
-        producer = AIOKafkaProducer(
-            **self._options,
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            acks="all",
-        )
+        producer = transactional_producer(self._options, self.transactional_id)
         try:
             await producer.start()
         except KafkaError as exc:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await quiet_stop(producer)
             raise _failure(
                 exc, self.transactional_id, self._options, "starting the reshard writer"
             ) from exc
@@ -134,9 +129,7 @@ class Mover:
     async def __aexit__(self, *exc: object) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(15):
-                    await producer.stop()
+            await quiet_stop(producer)
 
     async def await_partitions(self, topic: str, count: int, seconds: float = 30.0) -> None:
         """Wait until the producer's metadata knows ``count`` partitions of ``topic`` (right

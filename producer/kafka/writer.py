@@ -85,20 +85,15 @@ class TransactionalWriter:
             raise ClientClosed("the writer is closed")
         if self._producer is not None:
             return
-        producer = AIOKafkaProducer(
-            **self._config,
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            acks="all",
-        )
+        producer = transactional_producer(self._config, self.transactional_id)
         try:
             await producer.start()
         except ProducerFenced as exc:
-            await _quiet_stop(producer)
+            await quiet_stop(producer)
             self._fenced = True
             raise Fenced(f"transactional_id {self.transactional_id!r} is fenced") from exc
         except (KafkaError, OSError) as exc:
-            await _quiet_stop(producer)
+            await quiet_stop(producer)
             refused = denied(
                 exc, operation="Write", transactional_id=self.transactional_id, options=self._config
             )
@@ -112,7 +107,7 @@ class TransactionalWriter:
         self._closed = True
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _quiet_stop(producer)
+            await quiet_stop(producer)
 
     async def commit(self, batch: Batch) -> None:
         """Write ``batch`` in one transaction, then advance the local store.
@@ -269,7 +264,7 @@ class TransactionalWriter:
         (and its start aborts whatever was left open)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _quiet_stop(producer)
+            await quiet_stop(producer)
 
     async def publish(self, records: Sequence[OutRecord]) -> None:
         """Write records that need no store update (e.g. schemas) in their own transaction."""
@@ -283,7 +278,16 @@ def _fatal(producer: AIOKafkaProducer) -> bool:
     return bool(manager is not None and manager.is_fatal_error())
 
 
-async def _quiet_stop(producer: AIOKafkaProducer) -> None:
+def transactional_producer(options: Mapping[str, Any], transactional_id: str) -> AIOKafkaProducer:
+    """An (unstarted) idempotent transactional producer: its start fences any older producer
+    with ``transactional_id`` and aborts the transaction it left open."""
+    return AIOKafkaProducer(
+        **options, transactional_id=transactional_id, enable_idempotence=True, acks="all"
+    )
+
+
+async def quiet_stop(producer: AIOKafkaProducer) -> None:
+    """Stop a producer (aborting its open transaction), ignoring errors, within 15 s."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(15):
             await producer.stop()
