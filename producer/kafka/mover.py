@@ -22,7 +22,7 @@ from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from producer.errors import BrokerUnavailable, Fenced, SinkError
 from producer.kafka.authz import denied
 from producer.kafka.reader import Headers, topic_partitions
-from producer.kafka.writer import quiet_stop, transactional_producer
+from producer.kafka.writer import quiet_abort, quiet_stop, transactional_producer
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +164,7 @@ class Mover:
                 await asyncio.gather(*sent)
                 await producer.commit_transaction()
             except BaseException:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(10):
-                        await producer.abort_transaction()
+                await quiet_abort(producer)
                 raise
         except ProducerFenced as exc:
             raise Fenced(

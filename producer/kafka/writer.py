@@ -183,9 +183,7 @@ class TransactionalWriter:
             metadata = await asyncio.gather(*(fut for _topic, _count, fut in sent))
             await producer.commit_transaction()
         except BaseException:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(10):
-                    await producer.abort_transaction()
+            await quiet_abort(producer)
             raise
         offsets: dict[int, int] = {}
         for (topic, count, _fut), md in zip(sent, metadata, strict=True):
@@ -284,6 +282,14 @@ def transactional_producer(options: Mapping[str, Any], transactional_id: str) ->
     return AIOKafkaProducer(
         **options, transactional_id=transactional_id, enable_idempotence=True, acks="all"
     )
+
+
+async def quiet_abort(producer: AIOKafkaProducer) -> None:
+    """Abort the producer's open transaction, ignoring errors, within 10 s (a failed abort
+    leaves it to the next start of the transactional id)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(10):
+            await producer.abort_transaction()
 
 
 async def quiet_stop(producer: AIOKafkaProducer) -> None:
