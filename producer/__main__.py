@@ -4,4 +4,5 @@ import sys
 
 from producer.launch import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a sync.workers process (spawned) imports it
+    sys.exit(main())

@@ -197,6 +197,30 @@ FilePath = Annotated[Path, BeforeValidator(_path)]
 Name = Annotated[str, Field(pattern=_NAME.pattern)]
 
 
+#: Most worker processes ``sync.workers`` accepts.
+MAX_WORKERS: Final = 64
+
+
+def _workers(value: object) -> object:
+    """``sync.workers``: ``"auto"`` or a whole number from 0 (in process) to ``MAX_WORKERS``,
+    also as text (an environment override)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WORKERS:
+        raise ValueError(
+            f'{value!r} is not a number of workers; allowed: "auto", 0 (in process) or 1 to '
+            f"{MAX_WORKERS} worker processes"
+        )
+    return value
+
+
+Workers = Annotated[int | Literal["auto"], BeforeValidator(_workers)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -327,6 +351,9 @@ class SyncConfig(_Section):
     #: this process (full syncs and operator syncs visit every entity). Its changes then reach
     #: Kafka up to that much later. Default: none, every entity at every poll.
     entity_intervals: dict[Entity, Duration] = Field(default_factory=dict)
+    #: Where the per-record work of a page runs (``producer.workers``): 0 in the event loop's
+    #: process, N in N worker processes, ``"auto"`` the measured default for this machine.
+    workers: Workers = "auto"
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Self:

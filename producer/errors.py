@@ -27,6 +27,7 @@ happened and what to do, and never contain a secret.
     ├── GroupLive                     a one-shot command met live members of the daemons' group
     ├── ReshardRefused                reshard cannot do what was asked (e.g. shrink the shards)
     ├── EncodingError                 a value does not fit its Avro schema
+    ├── WorkerDied                    a sync.workers process died mid-page      (retriable)
     ├── MassDeleteHeld                the mass-delete guard refused a full-sync's deletes
     └── ClientClosed                  a closed client or writer was used again
 """
@@ -168,6 +169,13 @@ class ReshardRefused(CdcError):
 
 class EncodingError(CdcError):
     """A value does not fit its Avro schema (strict encoding)."""
+
+
+class WorkerDied(CdcError):
+    """A worker process of ``sync.workers`` died while it prepared a page (killed, out of
+    memory): the pass fails before its cursor moves, and the next pass starts new workers."""
+
+    retriable = True
 
 
 class MassDeleteHeld(CdcError):

@@ -11,11 +11,12 @@ Public API::
     Batch(events, state, deadletters, checkpoint)  # one transaction
     SourceInfo(version, server, sync_mode, sync_id, emitted_at)
     envelope(change, source) -> dict               # the change event as a dict
-    encode(schemas, change, source, *, before_body=None) -> Encoded
+    encode(schemas, change, source, *, before_body=None, after_body=None) -> Encoded
     dead_letter(rejection, *, received_at, sync_id) -> dict   # the DeadLetter value
     Encoder(schemas, topics)
         .prior(state_value) -> (canonical data, Avro body)
-        .add_change(batch, change, source, *, before_body, raw_digest) -> str | None
+        .add_change(batch, change, source, *, before_body, raw_digest, after_body)
+            -> str | None
         .add_dead_letter(batch, rejection, *, received_at, sync_id) -> None
         .checkpoint(cp) -> OutRecord
         .decode_checkpoint(value) -> Checkpoint
@@ -23,7 +24,8 @@ Public API::
 
 ``encode`` encodes the new canonical record once and uses those bytes both as the state value
 (single-object) and inside the event's ``after``; ``before_body`` (the prior state value's body,
-``Schemas.current_body(state_bytes)``) skips re-encoding the prior image.
+``Schemas.current_body(state_bytes)``) skips re-encoding the prior image, and ``after_body``
+(encoded by a ``sync.workers`` process) skips encoding the new one.
 """
 
 from __future__ import annotations
@@ -137,20 +139,28 @@ def envelope(change: Change, source: SourceInfo) -> dict[str, Any]:
 
 
 def encode(
-    schemas: Schemas, change: Change, source: SourceInfo, *, before_body: bytes | None = None
+    schemas: Schemas,
+    change: Change,
+    source: SourceInfo,
+    *,
+    before_body: bytes | None = None,
+    after_body: bytes | None = None,
 ) -> Encoded:
     """Event bytes, event headers and state bytes of ``change``; the record is encoded once.
 
     ``before_body`` is used only when ``change.before`` is set; it must be the body of exactly
-    that prior record (``Schemas.current_body`` of its state value).
+    that prior record (``Schemas.current_body`` of its state value). ``after_body``, likewise,
+    only when ``change.after`` is set, and must be ``encode_body`` of exactly that record.
 
     Raises ``EncodingError`` when a value does not fit its schema.
     """
     record_name = RECORD_NAMES[change.entity]
-    after_body = None
     state = None
-    if change.after is not None:
-        after_body = schemas.encode_body(record_name, change.after)
+    if change.after is None:
+        after_body = None
+    else:
+        if after_body is None:
+            after_body = schemas.encode_body(record_name, change.after)
         state = schemas.frame(record_name, after_body)
     if change.before is None:
         before_body = None
@@ -195,11 +205,14 @@ class Encoder:
         *,
         before_body: bytes | None = None,
         raw_digest: bytes | None = None,
+        after_body: bytes | None = None,
     ) -> str | None:
         """Append the event (and, for DELETED, its tombstone) and the state write of
         ``change``; or, when it cannot be written, append nothing and return why."""
         try:
-            encoded = encode(self.schemas, change, source, before_body=before_body)
+            encoded = encode(
+                self.schemas, change, source, before_body=before_body, after_body=after_body
+            )
         except EncodingError as exc:
             return f"{change.entity}: does not fit its Avro schema: {exc}"
         size = len(encoded.event) + len(encoded.state or b"")

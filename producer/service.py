@@ -66,6 +66,7 @@ from producer.privacy import PrivacyRules
 from producer.protocols import ClientEvent
 from producer.state import StateStore
 from producer.sync import DistrictSync, EntityResult
+from producer.workers import WorkerPool, resolve_workers
 
 log = structlog.get_logger(__name__)
 
@@ -190,6 +191,10 @@ class Service:
         self.encoder = Encoder(self.schemas, self.topics)
         privacy = config.privacy
         self.privacy = PrivacyRules.parse(privacy.omit, privacy.hash, privacy.hash_key)
+        workers = resolve_workers(config.sync.workers)
+        #: ``sync.workers`` processes for the per-record work of pages (None: in process);
+        #: started with the first page, stopped by ``close``.
+        self.workers = WorkerPool(workers) if workers else None
         #: Whether this service owns every shard (no group), or those ``assign`` gives it.
         self.own_all = own_all
         self.shards: dict[int, Shard] = {}
@@ -299,6 +304,8 @@ class Service:
         self.ready = False
         await self.release(list(self.shards))
         await self._stack.aclose()
+        if self.workers is not None:
+            await self.workers.close()
 
     async def _close_clients(self) -> None:
         await self.districts.close()
@@ -394,6 +401,7 @@ class Service:
             entities=district.entities,
             observer=self.observer,
             privacy=self.privacy,
+            workers=self.workers,
         )
         shard.engines[district_id] = engine
         return engine

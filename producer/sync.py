@@ -44,7 +44,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,7 +62,7 @@ from producer.normalise import dump_raw, normalise
 from producer.privacy import NO_RULES, PrivacyRules
 from producer.protocols import Clock, Sink, Source, StateReader, SyncObserver
 from producer.state import StateWrite, StoredDigest
-from producer.timestamps import parse_timestamp
+from producer.workers import Prepared, WorkerPool, prepare
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +76,21 @@ _LATEST = datetime.max.replace(tzinfo=UTC)
 _IDLE_CHECKPOINT_EVERY = timedelta(minutes=10)
 #: Concurrent single-record GETs that confirm a full sync's candidate deletes.
 _VERIFY_CONCURRENCY = 4
+#: With ``sync.workers``, pages handed to the workers before the event loop takes up the
+#: oldest one's results (so the workers prepare while the loop diffs, encodes and commits).
+_PAGES_AHEAD = 2
+
+
+@dataclass(slots=True)
+class _PageWork:
+    """A page, what the store held for its keys when it was handed over, and its prepared
+    records (``producer.workers``): a list, or an awaitable one from the worker pool."""
+
+    page: RawPage
+    sids: list[Any]
+    keys: list[str]
+    priors: Mapping[str, StoredDigest]
+    prepared: list[Prepared] | Awaitable[list[Prepared]]
 
 
 class _NoObserver:
@@ -200,9 +216,11 @@ class DistrictSync:
         observer: SyncObserver | None = None,
         clock: Clock = lambda: datetime.now(UTC),
         privacy: PrivacyRules = NO_RULES,
+        workers: WorkerPool | None = None,
     ) -> None:
         self.district_id = district_id
         self._privacy = privacy
+        self._workers = workers
         self._source = source
         self._server = server
         self._store = store
@@ -338,10 +356,16 @@ class DistrictSync:
             cp=cp,
             keys=self._store.count(entity, self.district_id),
         )
+        ahead: deque[_PageWork] = deque()
+        depth = _PAGES_AHEAD if self._workers is not None else 0
         try:
             listing = self._source.listing(entity, since=since)
             async for page in listing:
-                await self._page(entity, page, state, mode)
+                ahead.append(self._hand_over(entity, page))
+                if len(ahead) > depth:
+                    await self._page(entity, ahead.popleft(), state, mode)
+            while ahead:
+                await self._page(entity, ahead.popleft(), state, mode)
             if not listing.complete:
                 raise ListingIncomplete(
                     f"{entity} listing of district {self.district_id!r} is incomplete: "
@@ -350,6 +374,7 @@ class DistrictSync:
             if mode == "FULL":
                 await self._absent(entity, state, cp, confirm_deletes)
         finally:
+            await _drop(ahead)
             state.seen.close()
         if mode == "DELTA" and listing.filter_ignored:
             log.warning("sync.delta_filter_ignored", since=str(since), fallback="FULL from now on")
@@ -357,46 +382,71 @@ class DistrictSync:
         await self._finish(entity, state, cp, mode)
         return state.result
 
-    async def _page(self, entity: Entity, page: RawPage, state: _Pass, mode: SyncMode) -> None:
-        """Normalise, diff and batch one page.
+    def _hand_over(self, entity: Entity, page: RawPage) -> _PageWork:
+        """Look up what the store holds for a page's keys, and start its pure per-record work
+        (``producer.workers.prepare``): at once in this process, or in the worker pool.
 
-        Fast path: a record whose raw digest (its source JSON without ``dateLastModified``)
-        equals the one stored with its key is the record already stored, at most touched: only
-        its date is read (for the cursor) and the normaliser is skipped.
-        """
-        state.result.fetched += len(page.records)
+        Looking up ahead of the pages still being processed is safe: the only keys those pages
+        write are keys this listing has seen, and a seen key's stored state is never consulted
+        again in the listing (``_Seen``)."""
         records = page.records
-        if self._privacy.active:  # [privacy]: before anything reads, digests or keeps a record
-            records = [self._privacy.apply(entity, raw) for raw in records]
         sids = [raw.get("sourcedId") if type(raw) is dict else None for raw in records]
         keys = [sid for sid in sids if isinstance(sid, str)]
         priors = self._store.digests(entity, self.district_id, keys)
-        state.seen.prefetch(keys)
-        received: list[tuple[CanonicalRecord, bytes | None]] = []
+        stored_raw = [
+            found.raw_digest
+            if (found := priors.get(sid) if isinstance(sid, str) else None)
+            else None
+            for sid in sids
+        ]
+        prepared: list[Prepared] | Awaitable[list[Prepared]]
+        if self._workers is None:
+            prepared = prepare(entity, self.district_id, records, stored_raw, self._privacy)
+        else:
+            prepared = asyncio.ensure_future(
+                self._workers.prepare(entity, self.district_id, records, stored_raw, self._privacy)
+            )
+        return _PageWork(page, sids, keys, priors, prepared)
+
+    async def _page(self, entity: Entity, work: _PageWork, state: _Pass, mode: SyncMode) -> None:
+        """Diff and batch one prepared page.
+
+        Fast path: a record whose raw digest (its source JSON without ``dateLastModified``)
+        equals the one stored with its key is the record already stored, at most touched: only
+        its date is read (for the cursor) and the normaliser is skipped (unless the listing
+        already saw its key: it is then normalised here, to be judged as a duplicate).
+        """
+        prepared = work.prepared if isinstance(work.prepared, list) else await work.prepared
+        records, priors = work.page.records, work.priors
+        state.result.fetched += len(records)
+        state.seen.prefetch(work.keys)
+        received: list[tuple[CanonicalRecord, bytes | None, bytes | None, bytes | None]] = []
         touched: list[tuple[str, bytes]] = []
-        for raw, sid in zip(records, sids, strict=True):
-            raw_digest = differ.raw_digest(raw)
-            stored = priors.get(sid) if isinstance(sid, str) else None
-            if (
-                raw_digest is not None
-                and stored is not None
-                and stored.raw_digest == raw_digest
-                and isinstance(sid, str)
-                and state.seen.get(sid) is None
-            ):
-                text = raw.get("dateLastModified")
-                moment = parse_timestamp(text) if isinstance(text, str) else None
-                if moment is not None:
-                    state.seen.add(sid, stored.digest)
+        for raw, sid, (raw_digest, moment, result, new_digest, body) in zip(
+            records, work.sids, prepared, strict=True
+        ):
+            outcome = result
+            if moment is not None:
+                if state.seen.get(sid) is None:
+                    state.seen.add(sid, priors[sid].digest)
                     self._observe_date(state, sid, moment, mode)
                     continue
-            outcome = normalise(entity, self.district_id, raw)
+                outcome = normalise(entity, self.district_id, self._privacy.apply(entity, raw))
             if isinstance(outcome, Rejection):
                 self._dead_letter(state, outcome)
-            else:
-                received.append((outcome, raw_digest))
-        for record, raw_digest in received:
-            self._record(record, priors, state, mode, raw_digest=raw_digest, touched=touched)
+            elif outcome is not None:
+                received.append((outcome, raw_digest, new_digest, body))
+        for record, raw_digest, new_digest, body in received:
+            self._record(
+                record,
+                priors,
+                state,
+                mode,
+                raw_digest=raw_digest,
+                touched=touched,
+                new_digest=new_digest,
+                after_body=body,
+            )
             if state.pending >= self._settings.batch_size:
                 await self._flush(state)
         state.seen.flush()
@@ -425,8 +475,11 @@ class DistrictSync:
         *,
         raw_digest: bytes | None = None,
         touched: list[tuple[str, bytes]] | None = None,
+        new_digest: bytes | None = None,
+        after_body: bytes | None = None,
     ) -> None:
-        new_digest = differ.digest(record.data)
+        if new_digest is None:
+            new_digest = differ.digest(record.data)
         sid = record.sourced_id
         seen = state.seen.get(sid)
         if seen is not None:
@@ -460,7 +513,7 @@ class DistrictSync:
         change = differ.diff(record, prior, new_digest=new_digest)
         if change is None:
             return
-        self._emit(state, change, mode, before_body, raw_digest)
+        self._emit(state, change, mode, before_body, raw_digest, after_body=after_body)
 
     def _emit(
         self,
@@ -469,6 +522,8 @@ class DistrictSync:
         mode: SyncMode,
         before_body: bytes | None,
         raw_digest: bytes | None = None,
+        *,
+        after_body: bytes | None = None,
     ) -> None:
         source = SourceInfo(
             version=self._source.version or "",
@@ -478,7 +533,12 @@ class DistrictSync:
             emitted_at=self._clock(),
         )
         rejected = self._encoder.add_change(
-            state.batch, change, source, before_body=before_body, raw_digest=raw_digest
+            state.batch,
+            change,
+            source,
+            before_body=before_body,
+            raw_digest=raw_digest,
+            after_body=after_body,
         )
         if rejected is not None:
             self._reject_change(state, change, rejected)
@@ -629,6 +689,15 @@ class DistrictSync:
             delta_supported=cp.delta_supported,
             **({"last_full_sync_at": now} if mode == "FULL" else {"last_delta_sync_at": now}),
         )
+
+
+async def _drop(ahead: deque[_PageWork]) -> None:
+    """Cancel the page work still in flight when a pass ends early, and wait for it."""
+    pending = [w.prepared for w in ahead if isinstance(w.prepared, asyncio.Future)]
+    ahead.clear()
+    for future in pending:
+        future.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _net_new(

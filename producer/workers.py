@@ -1,0 +1,226 @@
+"""``sync.workers``: the pure per-record work of a page, in process or in worker processes.
+
+The sync engine (``producer.sync``) hands each page to ``prepare``: for every raw record, in
+page order, the ``[privacy]`` rules, the raw digest, the raw-digest fast path (a record whose
+raw digest equals the one stored with its key needs only its ``dateLastModified``), and
+otherwise the normaliser and the canonical digest. With worker processes it also encodes the
+Avro body of the new record (the body the encoder splices into ``after`` and frames as the state
+value). The event loop keeps everything that touches the store, the listing and Kafka: store
+look-ups, the fast-path decision (which needs the listing's seen keys), the diff, the envelope,
+batching and every write. So ordering and exactly-once are those of the in-process path: a
+page's results are the in-process results, and the engine consumes them in page order.
+
+Public API::
+
+    Prepared                                      # one record's result (a tuple, see below)
+    prepare(entity, district_id, records, stored_raw, privacy, *, encode=False)
+        -> list[Prepared]
+    resolve_workers(setting: int | "auto") -> int  # 0: in process; N: N worker processes
+    WorkerPool(workers)                            # .prepare(...) (awaitable), .pids(), .close()
+
+``sync.workers``: ``0`` runs the work in the event loop's process (no pool); ``N >= 1`` runs it
+in N worker processes (``1`` is one separate process beside the event loop, not in-process);
+``"auto"`` is the measured default (``resolve_workers``; see docs/performance.md).
+
+The pool is an async context manager started lazily (no process exists until the first page is
+prepared), once per process, and shut down by ``close`` (idempotent; the service closes it on
+shutdown). Processes are started with ``spawn`` (never ``fork`` from a process that runs an
+event loop and threads). A worker that dies (killed, out of memory) fails the page with
+``WorkerDied``, so the pass fails before its cursor moves; the pool is replaced, so the next
+pass starts new workers.
+
+What crosses the process boundary is kept small: the page goes out as the JSON bytes of its
+records (``orjson``; cheaper to write and read than a pickle of the parsed objects) with the
+stored raw digests, and comes back as compact tuples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+from functools import cache
+from typing import Any, Literal, Self
+
+import orjson
+import structlog
+
+from producer import diff as differ
+from producer.avro import RECORD_NAMES, Schemas
+from producer.config import MAX_WORKERS
+from producer.errors import ClientClosed, EncodingError, WorkerDied
+from producer.model import CanonicalRecord, Entity, Rejection
+from producer.normalise import normalise
+from producer.privacy import PrivacyRules
+from producer.timestamps import parse_timestamp
+
+log = structlog.get_logger(__name__)
+
+#: One record's result, in page order: ``(raw_digest, moment, outcome, digest, body)``.
+#: Fast path (the raw digest equals the stored one and the date parses): ``moment`` is the
+#: record's ``dateLastModified`` and the rest is None. Otherwise ``moment`` is None, ``outcome``
+#: is the normaliser's (a ``CanonicalRecord`` or a ``Rejection``), and for a canonical record
+#: ``digest`` is its canonical digest and ``body`` its Avro body when asked for (None also when
+#: it does not fit the schema: the encoder then says why, in the event loop).
+Prepared = tuple[
+    bytes | None, datetime | None, CanonicalRecord | Rejection | None, bytes | None, bytes | None
+]
+
+WorkersSetting = int | Literal["auto"]
+
+
+def prepare(
+    entity: Entity,
+    district_id: str,
+    records: Sequence[Any],
+    stored_raw: Sequence[bytes | None],
+    privacy: PrivacyRules,
+    *,
+    encode: bool = False,
+) -> list[Prepared]:
+    """The pure work of one page (see the module docstring); ``stored_raw[i]`` is the raw
+    digest stored with the key of ``records[i]`` (None when unknown)."""
+    schemas = _schemas() if encode else None
+    name = RECORD_NAMES[entity]
+    active = privacy.active
+    out: list[Prepared] = []
+    for received, stored in zip(records, stored_raw, strict=True):
+        # [privacy]: before anything reads, digests or keeps a record
+        raw = privacy.apply(entity, received) if active else received
+        raw_digest = differ.raw_digest(raw)
+        if raw_digest is not None and stored == raw_digest:
+            text = raw.get("dateLastModified")
+            moment = parse_timestamp(text) if isinstance(text, str) else None
+            if moment is not None:
+                out.append((raw_digest, moment, None, None, None))
+                continue
+        outcome = normalise(entity, district_id, raw)
+        if isinstance(outcome, Rejection):
+            out.append((raw_digest, None, outcome, None, None))
+            continue
+        body = None
+        if schemas is not None:
+            try:
+                body = schemas.encode_body(name, outcome.data)
+            except EncodingError:
+                body = None
+        out.append((raw_digest, None, outcome, differ.digest(outcome.data), body))
+    return out
+
+
+@cache
+def _schemas() -> Schemas:
+    """The current schemas, parsed once per process (a worker's first page)."""
+    return Schemas.load(history=False)
+
+
+def _prepare_in_worker(
+    entity: Entity,
+    district_id: str,
+    page: bytes | list[Any],
+    stored_raw: Sequence[bytes | None],
+    privacy: PrivacyRules,
+) -> list[Prepared]:
+    """``prepare`` in a worker: the page arrives as JSON bytes (or, when its records are not
+    JSON, as the pickled list)."""
+    records = orjson.loads(page) if isinstance(page, bytes) else page
+    return prepare(entity, district_id, records, stored_raw, privacy, encode=True)
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(setting: WorkersSetting, cores: int | None = None) -> int:
+    """The worker processes ``sync.workers`` asks for: ``"auto"`` is cores - 1 on a machine
+    with more than two cores, else 0 (in process: measured on 2 cores, where the simulator or
+    the SIS client, the broker and the event loop already share the second core, a worker
+    process cost more CPU than it saved; docs/performance.md)."""
+    if setting != "auto":
+        return setting
+    cores = available_cores() if cores is None else cores
+    return cores - 1 if cores > 2 else 0
+
+
+class WorkerPool:
+    """``workers`` worker processes for ``prepare`` (see the module docstring)."""
+
+    def __init__(self, workers: int) -> None:
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1 to {MAX_WORKERS}, not {workers}")
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"WorkerPool(workers={self.workers})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._closed:
+            raise ClientClosed("the worker pool of sync.workers is closed")
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+            log.info("workers.started", workers=self.workers)
+        return self._executor
+
+    async def prepare(
+        self,
+        entity: Entity,
+        district_id: str,
+        records: Sequence[Any],
+        stored_raw: Sequence[bytes | None],
+        privacy: PrivacyRules,
+    ) -> list[Prepared]:
+        """``prepare`` (with the Avro bodies) in a worker; ``WorkerDied`` when the worker dies
+        (the pool is then replaced for the work that follows)."""
+        page: bytes | list[Any]
+        try:
+            page = orjson.dumps(records)
+        except (orjson.JSONEncodeError, TypeError):  # e.g. an unpaired surrogate: pickle it
+            page = list(records)
+        executor = self._pool()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                executor, _prepare_in_worker, entity, district_id, page, list(stored_raw), privacy
+            )
+        except BrokenProcessPool as exc:
+            if self._executor is executor:
+                self._executor = None
+                executor.shutdown(wait=False, cancel_futures=True)
+                log.error("workers.died", workers=self.workers)
+            raise WorkerDied(
+                f"a worker process of sync.workers died while preparing a page of {entity} "
+                f"(killed, or out of memory?): the pass fails and its cursor stays; new workers "
+                f"start for the next pass"
+            ) from exc
+
+    def pids(self) -> list[int]:
+        """The process ids of the running workers (none before the first page)."""
+        executor = self._executor
+        processes = getattr(executor, "_processes", None) or {}
+        return sorted(processes)
+
+    async def close(self) -> None:
+        """Stop the workers (pending pages are cancelled); idempotent."""
+        self._closed = True
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+            log.info("workers.stopped", workers=self.workers)
