@@ -39,12 +39,15 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from functools import cache
-from typing import Any, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import orjson
 import structlog
@@ -167,6 +170,29 @@ def _received(entity: Entity, district_id: str, sent: list[_Sent]) -> list[Prepa
     return out
 
 
+#: How often a worker checks that its parent is alive.
+_ORPHAN_CHECK_S: Final = 0.5
+
+
+def _worker_started() -> None:
+    """In a new worker: leave SIGINT and SIGTERM to the parent, and exit when it is gone.
+
+    A Ctrl-C or a service manager's SIGTERM reaches the whole process group; the parent then
+    shuts down gracefully and stops its workers itself. A parent that is killed outright
+    (SIGKILL, OOM) cannot: a worker blocked on its queue would never learn of it, so a thread
+    watches the parent's pid and ends the worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_ORPHAN_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def available_cores() -> int:
     """The cores this process may run on."""
     try:
@@ -210,7 +236,9 @@ class WorkerPool:
             raise ClientClosed("the worker pool of sync.workers is closed")
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_started,
             )
             log.info("workers.started", workers=self.workers)
         return self._executor

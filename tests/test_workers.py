@@ -239,6 +239,45 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
+_ORPHAN_SCRIPT = """
+import asyncio, sys
+from producer.privacy import NO_RULES
+from producer.workers import WorkerPool
+
+async def main():
+    pool = WorkerPool(2)
+    raw = [{"sourcedId": "o", "status": "active"}] * 20_000
+    await asyncio.gather(*(pool.prepare("orgs", "d", raw, [None] * len(raw), NO_RULES)
+                           for _ in range(2)))
+    print(" ".join(map(str, pool.pids())), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_workers_of_a_killed_parent_exit() -> None:
+    """A process killed outright (SIGKILL) with a running pool leaves no worker behind: the
+    workers notice their parent is gone and exit (SIGTERM and SIGINT are left to the parent)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ORPHAN_SCRIPT, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = b""
+    while not line.replace(b" ", b"").strip().isdigit():  # past the pool's log line
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    pids = [int(p) for p in line.split()]
+    assert len(pids) == 2
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)  # ignored: the parent decides
+    await asyncio.sleep(0.3)
+    assert all(_alive(pid) for pid in pids)
+    proc.kill()
+    await proc.wait()
+    for pid in pids:
+        await eventually(lambda pid=pid: not _alive(pid), within=10)
+
+
 class KillingSource(MemorySource):
     """A memory source whose ``kill_at``-th page, when it is handed over, first kills the
     pool's workers (SIGKILL)."""
