@@ -152,10 +152,11 @@ def main() -> int:
     work = args.work or args.out
     spec = {"id": "bench", "version": "1.2", "size": args.students, "seed": 1}
     runs: list[dict[str, Any]] = []
+    crossing: dict[str, Any] = {}
     with SimProcess([spec]) as sim:
         if args.boundary:
-            found = asyncio.run(boundary(sim, bootstrap, work, "bench"))
-            print("boundary (µs per record):", json.dumps(found))
+            crossing = asyncio.run(boundary(sim, bootstrap, work, "bench"))
+            print("boundary (µs per record):", json.dumps(crossing))
         for round_no in range(args.rounds):
             for workers in modes:
                 found = asyncio.run(one_run(sim, bootstrap, work, "bench", workers))
@@ -182,7 +183,8 @@ def main() -> int:
                 f"{statistics.median(r['machine_cpu'] for r in mine):.2f} s"
             )
     path = args.out / "workers.json"
-    path.write_text(json.dumps({"students": args.students, "runs": runs}, indent=1))
+    report = {"students": args.students, "boundary": crossing, "runs": runs}
+    path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}")
     return 0
 

@@ -31,7 +31,9 @@ Then the schemas the topic lacks are published through the first started shard's
 so a start that cannot read, e.g. a missing Read ACL, has written nothing).
 ``poll`` runs one district's pass (the scheduler's ``DistrictRunner``).
 
-The districts and their clients are ``producer.districts``; the metrics observer is
+With ``sync.workers`` (``producer.workers``) the service owns one ``WorkerPool`` shared by every
+engine: its processes start with the first page any pass hands over, and ``close`` stops them
+(last). The districts and their clients are ``producer.districts``; the metrics observer is
 ``producer.metrics.MetricsObserver``; the Kafka parts are ``producer.kafka``.
 """
 

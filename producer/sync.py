@@ -36,6 +36,11 @@ enrollments, demographics):
 - **Demographics** answered with 403 (scope not granted) are skipped with a warning.
 - **Privacy.** Every source record passes through the ``[privacy]`` rules (``producer.privacy``)
   as it enters, before its raw digest is taken or it is normalised or dead-lettered.
+- **Workers.** The pure per-record work of a page (``producer.workers.prepare``) runs in the
+  ``sync.workers`` pool when one is given: up to ``_PAGES_AHEAD`` pages are handed over while
+  the event loop diffs, encodes and commits the oldest, whose results it takes in page order;
+  store look-ups, diffs, envelopes and every write stay here. A worker that dies fails the
+  pass (``WorkerDied``) before its cursor moves.
 - **Logs** carry sourcedIds, counts and reasons (field and rule), never a record's content.
 """
 

@@ -87,3 +87,25 @@ def test_scale_out_bench_runs_at_a_small_size(kafka_bootstrap, tmp_path):
     assert ho["first_commit_seconds"] > 0
     assert set(report["machine"]) >= {"cores", "ram_gib", "python", "kafka"}
     assert "| handover" in (out / "scale.md").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(200)
+def test_workers_bench_runs_at_a_small_size(kafka_bootstrap, tmp_path):
+    """`python -m bench.workers` on a small district, in process and with one worker, produces
+    records/s and the CPU of the event loop, the workers, the simulator and the machine for the
+    snapshot and the no-change re-read, and the boundary costs."""
+    argv = ["--students", "60", "--rounds", "1", "--modes", "0,1", "--boundary"]
+    out = run_bench(kafka_bootstrap, tmp_path, "bench.workers", argv, timeout=180)
+    report = json.loads((out / "workers.json").read_text())
+    assert [r["workers"] for r in report["runs"]] == [0, 1]
+    for run in report["runs"]:
+        for name in ("snapshot", "nochange"):
+            figures = run[name]
+            assert figures["records"] > 500
+            assert figures["rate"] > 0
+            assert figures["loop_cpu"] > 0
+            assert figures["machine_cpu"] > 0
+    assert report["runs"][0]["snapshot"]["worker_cpu"] == 0
+    assert report["runs"][1]["snapshot"]["worker_cpu"] > 0
+    assert report["boundary"]["results_load_us"] > 0

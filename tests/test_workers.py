@@ -28,7 +28,7 @@ from producer.config import SyncConfig
 from producer.errors import WorkerDied
 from producer.events import Encoder, OutRecord
 from producer.kafka.topics import TopicNames
-from producer.model import ENTITIES, Entity, Secret
+from producer.model import ENTITIES, Entity, Secret, Version
 from producer.privacy import PrivacyRules
 from producer.service import Service
 from producer.simulator import DistrictSpec, Simulator
@@ -61,7 +61,7 @@ async def pool() -> AsyncIterator[WorkerPool]:
         yield found
 
 
-def district_records(version: str, quirks: frozenset[str]) -> dict[Entity, list[Any]]:
+def district_records(version: Version, quirks: frozenset[str]) -> dict[Entity, list[Any]]:
     """Every record of a small simulated district as served with ``quirks``, with damage: a
     record without sourcedId, one with a bad status, a duplicate with other content, a
     non-object and a string with an unpaired surrogate (not JSON: cannot be sent as bytes)."""
@@ -149,7 +149,7 @@ def _plain(record: OutRecord) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize(("version", "quirks"), [("1.1", RECORD_QUIRKS), ("1.2", frozenset())])
 async def test_worker_processes_give_the_in_process_events_and_state(
-    pool: WorkerPool, version: str, quirks: frozenset[str]
+    pool: WorkerPool, version: Version, quirks: frozenset[str]
 ) -> None:
     """A small district with record quirks, damaged records, a duplicate and privacy rules,
     listed in full, then again after updates, touches, tobedeleted records and hard deletes,
@@ -225,8 +225,7 @@ async def test_a_pool_starts_with_its_first_page_and_close_stops_its_workers() -
     assert pids
     await pool.close()
     await pool.close()
-    for pid in pids:
-        await eventually(lambda pid=pid: not _alive(pid), within=10)
+    await eventually(lambda: not any(_alive(pid) for pid in pids), within=10, interval=0.1)
     with pytest.raises(Exception, match="closed"):
         await pool.prepare("orgs", DISTRICT, [raw], [None], PRIVACY)
 
@@ -274,8 +273,7 @@ async def test_workers_of_a_killed_parent_exit() -> None:
     assert all(_alive(pid) for pid in pids)
     proc.kill()
     await proc.wait()
-    for pid in pids:
-        await eventually(lambda pid=pid: not _alive(pid), within=10)
+    await eventually(lambda: not any(_alive(pid) for pid in pids), within=10, interval=0.1)
 
 
 class KillingSource(MemorySource):
@@ -317,7 +315,7 @@ async def test_a_killed_worker_fails_the_pass_without_moving_its_cursor(
     """Workers killed in the middle of a listing: the pass raises ``WorkerDied`` (what was
     committed before stays, the cursor stays unset), and the next pass runs on new workers and
     ends where an undisturbed pass ends."""
-    records = {"orgs": [_org(i) for i in range(1_000)]}
+    records: dict[Entity, list[Any]] = {"orgs": [_org(i) for i in range(1_000)]}
     source = KillingSource(records=records, version="1.2", page_size=50)
     source.pool, source.kill_at = pool, 8
     run = Run(source, pool)
