@@ -175,14 +175,16 @@ _ORPHAN_CHECK_S: Final = 0.5
 
 
 def _worker_started() -> None:
-    """In a new worker: leave SIGINT and SIGTERM to the parent, and exit when it is gone.
+    """In a new worker: leave SIGINT to the parent, and exit when the parent is gone.
 
-    A Ctrl-C or a service manager's SIGTERM reaches the whole process group; the parent then
-    shuts down gracefully and stops its workers itself. A parent that is killed outright
-    (SIGKILL, OOM) cannot: a worker blocked on its queue would never learn of it, so a thread
-    watches the parent's pid and ends the worker."""
+    A Ctrl-C in a terminal reaches the whole process group; the parent then shuts down
+    gracefully and stops its workers itself. (SIGTERM keeps its default: ``concurrent.futures``
+    ends the survivors of a broken pool with it, and a service manager that signals the whole
+    group ends the workers at once; the passes in flight then fail before their cursors move.)
+    A parent that is killed outright (SIGKILL, OOM) cannot stop its workers: a worker blocked on
+    its queue would never learn of it, so a thread watches the parent's pid and ends the
+    worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
 
     def watch() -> None:

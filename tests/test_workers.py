@@ -100,7 +100,9 @@ def mutated(records: dict[Entity, list[Any]]) -> dict[Entity, list[Any]]:
 class Run:
     """One district engine on in-memory seams, in process or with ``workers``."""
 
-    def __init__(self, source: MemorySource, workers: WorkerPool | None) -> None:
+    def __init__(
+        self, source: MemorySource, workers: WorkerPool | None, batch_size: int = 300
+    ) -> None:
         self.store: StateStore = memory_store()
         self.sink = MemorySink(self.store)
         self.book = CheckpointBook()
@@ -112,7 +114,7 @@ class Run:
             sink=self.sink,
             encoder=Encoder(SCHEMAS, TOPICS),
             checkpoints=self.book,
-            settings=SyncConfig(batch_size=300, mass_delete_threshold=0.9),
+            settings=SyncConfig(batch_size=batch_size, mass_delete_threshold=0.9),
             observer=None,
             clock=lambda: NOW,
             privacy=PRIVACY,
@@ -257,7 +259,7 @@ asyncio.run(main())
 
 async def test_workers_of_a_killed_parent_exit() -> None:
     """A process killed outright (SIGKILL) with a running pool leaves no worker behind: the
-    workers notice their parent is gone and exit (SIGTERM and SIGINT are left to the parent)."""
+    workers notice their parent is gone and exit (a Ctrl-C, SIGINT, is left to the parent)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _ORPHAN_SCRIPT, stdout=asyncio.subprocess.PIPE
     )
@@ -268,7 +270,7 @@ async def test_workers_of_a_killed_parent_exit() -> None:
     pids = [int(p) for p in line.split()]
     assert len(pids) == 2
     for pid in pids:
-        os.kill(pid, signal.SIGTERM)  # ignored: the parent decides
+        os.kill(pid, signal.SIGINT)  # ignored: the parent decides
     await asyncio.sleep(0.3)
     assert all(_alive(pid) for pid in pids)
     proc.kill()
@@ -318,18 +320,20 @@ async def test_a_killed_worker_fails_the_pass_without_moving_its_cursor(
     records: dict[Entity, list[Any]] = {"orgs": [_org(i) for i in range(1_000)]}
     source = KillingSource(records=records, version="1.2", page_size=50)
     source.pool, source.kill_at = pool, 8
-    run = Run(source, pool)
+    run = Run(source, pool, batch_size=100)  # pages 1-5 are committed when page 8 comes
     await pool.prepare("orgs", DISTRICT, [], [], PRIVACY)  # the workers exist before the pass
     old = pool.pids()
     with pytest.raises(WorkerDied, match=r"sync\.workers"):
         await run.engine.sync()
     assert run.book.get(DISTRICT, "orgs").cursor is None
-    assert 0 < run.store.count("orgs", DISTRICT) < 1_000
+    assert 200 <= run.store.count("orgs", DISTRICT) < 1_000
     await run.engine.sync()
     assert not set(pool.pids()) & set(old)
     assert run.store.count("orgs", DISTRICT) == 1_000
     assert run.book.get(DISTRICT, "orgs").cursor is not None
-    alone = Run(MemorySource(records=copy.deepcopy(records), version="1.2", page_size=50), None)
+    alone = Run(
+        MemorySource(records=copy.deepcopy(records), version="1.2", page_size=50), None, 100
+    )
     await alone.engine.sync()
     assert run.stored() == alone.stored()
 
