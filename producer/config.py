@@ -352,8 +352,8 @@ class SyncConfig(_Section):
     #: Kafka up to that much later. Default: none, every entity at every poll.
     entity_intervals: dict[Entity, Duration] = Field(default_factory=dict)
     #: Where the per-record work of a page runs (``producer.workers``): 0 in the event loop's
-    #: process, N in N worker processes, ``"auto"`` the measured default for this machine.
-    workers: Workers = "auto"
+    #: process (the measured default), N in N worker processes, ``"auto"`` cores - 1 (>= 1).
+    workers: Workers = 0
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Self:

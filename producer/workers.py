@@ -18,9 +18,9 @@ Public API::
     resolve_workers(setting: int | "auto") -> int  # 0: in process; N: N worker processes
     WorkerPool(workers)                            # .prepare(...) (awaitable), .pids(), .close()
 
-``sync.workers``: ``0`` runs the work in the event loop's process (no pool); ``N >= 1`` runs it
-in N worker processes (``1`` is one separate process beside the event loop, not in-process);
-``"auto"`` is the measured default (``resolve_workers``; see docs/performance.md).
+``sync.workers``: ``0`` (the default, chosen by measurement: docs/performance.md) runs the work
+in the event loop's process, no pool; ``N >= 1`` runs it in N worker processes (``1`` is one
+separate process beside the event loop, not in process); ``"auto"`` is cores - 1, at least 1.
 
 The pool is an async context manager started lazily (no process exists until the first page is
 prepared), once per process, and shut down by ``close`` (idempotent; the service closes it on
@@ -204,14 +204,14 @@ def available_cores() -> int:
 
 
 def resolve_workers(setting: WorkersSetting, cores: int | None = None) -> int:
-    """The worker processes ``sync.workers`` asks for: ``"auto"`` is cores - 1 on a machine
-    with more than two cores, else 0 (in process: measured on 2 cores, where the simulator or
-    the SIS client, the broker and the event loop already share the second core, a worker
-    process cost more CPU than it saved; docs/performance.md)."""
+    """The worker processes ``sync.workers`` asks for: a number as it is; ``"auto"`` is cores - 1,
+    at least 1. (The default is 0, in process: on the 2-core machine measured, a worker moved
+    11 µs per record off the event loop and cost 30 µs more CPU per record in all, for no
+    gain in records/s; docs/performance.md.)"""
     if setting != "auto":
         return setting
     cores = available_cores() if cores is None else cores
-    return cores - 1 if cores > 2 else 0
+    return max(1, cores - 1)
 
 
 class WorkerPool:
@@ -262,14 +262,15 @@ class WorkerPool:
             page = list(records)
         executor = self._pool()
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            executor, _prepare_in_worker, entity, district_id, page, list(stored_raw), privacy
+        )
         try:
-            sent = await loop.run_in_executor(
-                executor, _prepare_in_worker, entity, district_id, page, list(stored_raw), privacy
-            )
+            sent = await _watched(future, executor)
         except BrokenProcessPool as exc:
             if self._executor is executor:
                 self._executor = None
-                executor.shutdown(wait=False, cancel_futures=True)
+                _stop(executor)
                 log.error("workers.died", workers=self.workers)
             raise WorkerDied(
                 f"a worker process of sync.workers died while preparing a page of {entity} "
@@ -280,14 +281,54 @@ class WorkerPool:
 
     def pids(self) -> list[int]:
         """The process ids of the running workers (none before the first page)."""
-        executor = self._executor
-        processes = getattr(executor, "_processes", None) or {}
-        return sorted(processes)
+        return sorted(_processes(self._executor))
 
     async def close(self) -> None:
-        """Stop the workers (pending pages are cancelled); idempotent."""
+        """Stop the workers (pending pages are cancelled), waiting at most ``_STOP_S`` for
+        them to finish their page before they are killed; idempotent."""
         self._closed = True
         executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-            log.info("workers.stopped", workers=self.workers)
+        if executor is None:
+            return
+        stopping = asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        try:
+            await asyncio.wait_for(stopping, _STOP_S)
+        except TimeoutError:
+            log.warning("workers.killed", workers=self.workers, after_seconds=_STOP_S)
+            _stop(executor)
+        log.info("workers.stopped", workers=self.workers)
+
+
+#: How often a page's wait checks that the workers are alive (the executor notices a dead
+#: worker by itself; this bounds the wait if it does not).
+_LIVENESS_S: Final = 1.0
+#: How long ``close`` waits for the workers to finish before killing them.
+_STOP_S: Final = 10.0
+
+
+def _processes(executor: ProcessPoolExecutor | None) -> dict[int, Any]:
+    """The executor's worker processes by pid (``concurrent.futures`` keeps them private)."""
+    found: dict[int, Any] | None = getattr(executor, "_processes", None)
+    return dict(found or {})
+
+
+async def _watched(future: asyncio.Future[list[_Sent]], executor: ProcessPoolExecutor) -> Any:
+    """The result of ``future``; ``BrokenProcessPool`` as soon as a worker is found dead."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=_LIVENESS_S)
+            if done:
+                return future.result()
+            if any(p.exitcode is not None for p in _processes(executor).values()):
+                raise BrokenProcessPool("a worker process of sync.workers exited")
+    finally:
+        future.cancel()  # a no-op once done; else nobody waits for it any more
+
+
+def _stop(executor: ProcessPoolExecutor) -> None:
+    """Stop a broken or stuck pool at once: its workers are killed."""
+    processes = _processes(executor)
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes.values():
+        if process.exitcode is None:
+            process.kill()

@@ -108,4 +108,4 @@ def test_workers_bench_runs_at_a_small_size(kafka_bootstrap, tmp_path):
             assert figures["machine_cpu"] > 0
     assert report["runs"][0]["snapshot"]["worker_cpu"] == 0
     assert report["runs"][1]["snapshot"]["worker_cpu"] > 0
-    assert report["boundary"]["results_load_us"] > 0
+    assert report["boundary"]["loop_results_load_us"] > 0

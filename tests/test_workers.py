@@ -206,13 +206,14 @@ def test_prepare_takes_the_fast_path_only_for_a_stored_raw_digest() -> None:
     assert body is not None
 
 
-def test_auto_is_in_process_up_to_two_cores_and_cores_minus_one_beyond() -> None:
-    """``sync.workers = "auto"`` resolves by the cores (the measured default); a number is
-    taken as it is."""
-    assert resolve_workers("auto", cores=1) == 0
-    assert resolve_workers("auto", cores=2) == 0
+def test_workers_default_to_in_process_and_auto_is_cores_minus_one() -> None:
+    """``sync.workers`` is 0 (in process) unless set; ``"auto"`` is cores - 1, at least 1; a
+    number is taken as it is."""
+    assert SyncConfig().workers == 0
+    assert resolve_workers(SyncConfig().workers) == 0
+    assert resolve_workers("auto", cores=1) == 1
+    assert resolve_workers("auto", cores=2) == 1
     assert resolve_workers("auto", cores=8) == 7
-    assert resolve_workers(0) == 0
     assert resolve_workers(3, cores=2) == 3
 
 
