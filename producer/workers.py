@@ -262,10 +262,10 @@ class WorkerPool:
             page = list(records)
         executor = self._pool()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            executor, _prepare_in_worker, entity, district_id, page, list(stored_raw), privacy
-        )
         try:
+            future = loop.run_in_executor(
+                executor, _prepare_in_worker, entity, district_id, page, list(stored_raw), privacy
+            )
             sent = await _watched(future, executor)
         except BrokenProcessPool as exc:
             if self._executor is executor:
