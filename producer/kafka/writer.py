@@ -25,13 +25,12 @@ from typing import Any, Self
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
-from aiokafka.partitioner import murmur2
 
 from producer.checkpoints import split_checkpoint_key
 from producer.errors import BrokerUnavailable, ClientClosed, Fenced
 from producer.events import Batch, OutRecord
 from producer.kafka.authz import denied
-from producer.kafka.shards import SHARDS_HEADER, shard_of
+from producer.kafka.shards import SHARDS_HEADER, partition_of, shard_of
 from producer.kafka.statetopic import split_state_key, state_record
 from producer.state import StateStore
 
@@ -66,6 +65,8 @@ class TransactionalWriter:
         self._timeout = batch_timeout
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
+        #: district id -> its shard (a pure function of the id: computed once per district).
+        self._district_shards: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._closed = False
         #: Once fenced, never start another producer: it would fence the newer owner back.
@@ -206,7 +207,7 @@ class TransactionalWriter:
             else:
                 record = given
                 count = await self._partition_count(producer, record.topic)
-                partition = (murmur2(record.key) & 0x7FFFFFFF) % count
+                partition = partition_of(record.key, count)
             grouped.setdefault((record.topic, partition), []).append(record)
         sent: list[tuple[str, int, asyncio.Future[Any]]] = []
         for (topic, partition), items in grouped.items():
@@ -242,13 +243,19 @@ class TransactionalWriter:
                 record = OutRecord(
                     record.topic, record.key, record.value, [*record.headers, self._shards_header]
                 )
-        shard = shard_of(district, self.shards)
+        return record, self._shard_of(district)
+
+    def _shard_of(self, district: str) -> int:
+        """The shard of a district, which must be this writer's when it has one."""
+        shard = self._district_shards.get(district)
+        if shard is None:
+            shard = self._district_shards[district] = shard_of(district, self.shards)
         if self.shard is not None and shard != self.shard:
             raise ValueError(
                 f"district {district!r} is in shard {shard}, not in this writer's shard "
                 f"{self.shard} ({self.transactional_id})"
             )
-        return record, shard
+        return shard
 
     async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
         count = self._partitions.get(topic)
