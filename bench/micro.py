@@ -113,7 +113,10 @@ def write_without_broker(batch: Batch, store: StateStore, topics: TopicNames) ->
             shards=4,
             store=store,
         )
-        await writer._transaction(NoBroker(producer), batch)
+        try:
+            await writer._transaction(NoBroker(producer), batch)
+        finally:
+            await producer.stop()
 
     asyncio.run(run())
 
