@@ -285,7 +285,7 @@ async def test_a_cold_restore_that_dies_midway_is_rebuilt_from_zero(
     crashing = _CrashingStore(path, crash_at=3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         await restore_from_kafka(
-            crashing, topic=names.state, consumer_config=config, cold_batch_records=10
+            crashing, topic=names.state, consumer_config=config, batch_records=10
         )
     crashing.close()
 
