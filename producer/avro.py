@@ -55,7 +55,6 @@ from typing import Any, Final, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from producer.avrowrite import Write, compile_fields
 from producer.errors import EncodingError
 from producer.model import Entity
 
@@ -135,9 +134,6 @@ class _Splice:
     suffix: dict[str, Any]
     prefix_fields: tuple[str, ...]
     suffix_fields: tuple[str, ...]
-    #: Compiled writers of the prefix and suffix (``producer.avrowrite``), None if unsupported.
-    fast_prefix: Write | None = None
-    fast_suffix: Write | None = None
 
 
 def headers(name: str, op: str | None = None) -> list[tuple[str, bytes]]:
@@ -312,14 +308,11 @@ class Schemas:
             )
 
         pre, post = node["fields"][:i], node["fields"][i + 2 :]
-        prefix, suffix = part(pre, "Prefix"), part(post, "Suffix")
         return _Splice(
-            prefix,
-            suffix,
+            part(pre, "Prefix"),
+            part(post, "Suffix"),
             tuple(f["name"] for f in pre),
             tuple(f["name"] for f in post),
-            compile_fields(prefix),
-            compile_fields(suffix),
         )
 
     def get(self, name: str) -> SchemaInfo:
@@ -373,7 +366,9 @@ class Schemas:
         splice = self._splices[name]
         rec = RECORD_NAMES[entity]
         parts = [self._by_name[name].header]
-        self._envelope_part(parts, splice.prefix, splice.fast_prefix, name, envelope)
+        parts.append(
+            self._write(splice.prefix, name, {k: envelope[k] for k in splice.prefix_fields})
+        )
         for field, given in (("before", before_body), ("after", after_body)):
             body = given
             if body is None:
@@ -384,29 +379,10 @@ class Schemas:
                 body = self.encode_body(rec, value)
             parts.append(_VALUE_BRANCH)
             parts.append(body)
-        self._envelope_part(parts, splice.suffix, splice.fast_suffix, name, envelope)
+        parts.append(
+            self._write(splice.suffix, name, {k: envelope[k] for k in splice.suffix_fields})
+        )
         return b"".join(parts)
-
-    def _envelope_part(
-        self,
-        parts: list[bytes],
-        parsed: dict[str, Any],
-        fast: Write | None,
-        name: str,
-        envelope: Mapping[str, Any],
-    ) -> None:
-        """Append the encoding of the envelope fields ``parsed`` holds: by the compiled writer
-        when it takes the values, else (and for its errors) strictly by fastavro."""
-        if fast is not None:
-            mark = len(parts)
-            try:
-                fast(envelope, parts)
-            except Exception:  # noqa: BLE001 - Unfit, or a string that cannot be UTF-8 encoded
-                del parts[mark:]
-            else:
-                return
-        fields = {f["name"]: envelope[f["name"]] for f in parsed["fields"]}
-        parts.append(self._write(parsed, name, fields))
 
     def decode(self, data: bytes) -> Decoded:
         """Decode single-object bytes by fingerprint (released schemas resolve to current)."""

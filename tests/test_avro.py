@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import shutil
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from fastavro import parse_schema, schemaless_writer
+from fastavro import schemaless_writer
 
-from producer import avro
 from producer.avro import (
     CHANGE_NAMES,
     CHECKPOINT,
@@ -25,7 +22,6 @@ from producer.avro import (
     headers,
     read_release,
 )
-from producer.avrowrite import Unfit, compile_fields
 from producer.errors import EncodingError
 
 SCHEMAS = Schemas.load()
@@ -282,181 +278,3 @@ def test_a_0_1_0_class_decodes_as_school_class():
     decoded = SCHEMAS.decode(MAGIC + old.fingerprint + buf.getvalue())
     assert decoded.name == RECORD_NAMES["classes"] == "oneroster.cdc.SchoolClass"
     assert decoded.value["status"] == "tobedeleted"
-
-
-# -- the compiled envelope writer (producer.avrowrite) ---------------------------------------
-
-
-def _random_text(rng: random.Random) -> str:
-    alphabet = "abz09-_ ./:" + "éüß" + "学区" + "\U0001f600" + "\x00\x7f"
-    return "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 5, 40, 200])))
-
-
-def _random_envelope(rng: random.Random, entity: str) -> dict[str, Any]:
-    """An envelope of ``entity`` with every field drawn at random within its schema: any
-    text, every enum symbol, null and non-null unions, empty and long lists, longs up to the
-    bounds (no ``before``/``after``: the envelope's own fields are what is compiled)."""
-    big = 2**63 - 1
-    return {
-        "event_id": _random_text(rng),
-        "op": rng.choice(["CREATED", "UPDATED", "DELETED", "UNKNOWN"]),
-        "district_id": _random_text(rng),
-        "entity": entity,
-        "sourced_id": _random_text(rng),
-        "before": None,
-        "after": None,
-        "changed_fields": [_random_text(rng) for _ in range(rng.choice([0, 1, 3, 70]))],
-        "source": {
-            "version": rng.choice(["1.1", "1.2", ""]),
-            "server": rng.choice([None, _random_text(rng)]),
-            "dateLastModified": _random_text(rng),
-            "status": rng.choice(["active", "tobedeleted", "unknown"]),
-            "sync_mode": rng.choice(["DELTA", "FULL", "UNKNOWN"]),
-            "sync_id": _random_text(rng),
-            "delete_reason": rng.choice([None, "tobedeleted", "absent_from_full_sync"]),
-        },
-        "emitted_at": rng.choice(
-            [0, 1, -1, 63, 64, -65, 2**31, -(2**31) - 1, big, -big - 1, rng.randrange(-big, big)]
-        ),
-    }
-
-
-def test_compiled_envelope_writer_is_byte_for_byte_fastavro() -> None:
-    """The envelope fields written by the compiled writer (``encode_change``) are exactly what
-    fastavro writes for the whole change schema, for every entity and 3,000 random envelopes
-    (text of every length and script, all enum symbols, null and non-null unions, empty and
-    long arrays, longs at the varint and range boundaries)."""
-    rng = random.Random(7)
-    for n in range(3000):
-        entity = list(CHANGE_NAMES)[n % len(CHANGE_NAMES)]
-        env = _random_envelope(rng, entity)
-        assert SCHEMAS.encode_change(entity, env) == SCHEMAS.encode(CHANGE_NAMES[entity], env)
-
-
-def test_compiled_envelope_writer_leaves_fastavro_nothing_to_do(monkeypatch) -> None:
-    """For an envelope that fits, with the record bodies given, ``encode_change`` calls
-    fastavro not at all (the compiled writer took every field)."""
-    calls = []
-    real = schemaless_writer
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(args[1].get("name"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(avro, "schemaless_writer", counting)
-    env = _envelope(None, _user())
-    body = SCHEMAS.encode_body(USER, _user())
-    calls.clear()
-    spliced = SCHEMAS.encode_change("users", env, after_body=body)
-    assert calls == []
-    assert spliced == SCHEMAS.encode(CHANGE_NAMES["users"], env)
-
-
-@pytest.mark.parametrize(
-    ("change", "fits"),
-    [
-        ({"emitted_at": datetime(2024, 5, 1, tzinfo=UTC)}, True),  # fastavro converts it
-        ({"emitted_at": 2**63}, False),
-        ({"emitted_at": "1700000000000"}, False),
-        ({"op": "RENAMED"}, False),
-        ({"sourced_id": 12}, False),
-        ({"sourced_id": "\ud800"}, False),  # an unpaired surrogate is not UTF-8
-        ({"changed_fields": ("a", "b")}, True),
-        ({"changed_fields": ["a", 3]}, False),
-        ({"source": {"extra": 1}}, False),
-        ({"source": {"delete_reason": "renamed"}}, False),
-        ({"source": {"server": 7}}, False),
-    ],
-)
-def test_values_the_compiled_writer_refuses_go_to_fastavro(
-    change: dict[str, Any], fits: bool
-) -> None:
-    """A value the compiled writer does not take is encoded by fastavro, strictly: the bytes
-    of a value fastavro accepts, the same ``EncodingError`` (naming the field) for one it
-    refuses; a source record that lacks a defaulted field gets its default either way."""
-    env = _envelope(None, None, op="DELETED")
-    for key, value in change.items():
-        if key == "source":
-            env["source"] = {**env["source"], **value}
-        else:
-            env[key] = value
-    if fits:
-        assert SCHEMAS.encode_change("users", env) == SCHEMAS.encode(CHANGE_NAMES["users"], env)
-        return
-    with pytest.raises(EncodingError) as plain:
-        SCHEMAS.encode(CHANGE_NAMES["users"], env)
-    with pytest.raises(EncodingError) as compiled:
-        SCHEMAS.encode_change("users", env)
-    assert str(compiled.value).split(": ", 1)[1] == str(plain.value).split(": ", 1)[1]
-    short = _envelope(None, None, op="DELETED")
-    del short["source"]["server"]
-    assert SCHEMAS.encode_change("users", short) == SCHEMAS.encode(CHANGE_NAMES["users"], short)
-
-
-def test_compile_fields_writes_what_fastavro_writes_and_declines_other_types() -> None:
-    """``compile_fields`` on its own: ints, longs, a nested record with an array of enums and
-    a nullable record are written as fastavro writes them; a schema with a boolean, a map, a
-    float or a three-branch union compiles to None (fastavro writes those)."""
-    schema: dict[str, Any] = parse_schema(  # type: ignore[assignment]
-        {
-            "type": "record",
-            "name": "T",
-            "fields": [
-                {"name": "i", "type": "int"},
-                {"name": "l", "type": "long"},
-                {
-                    "name": "r",
-                    "type": [
-                        "null",
-                        {
-                            "type": "record",
-                            "name": "R",
-                            "fields": [
-                                {"name": "s", "type": "string"},
-                                {
-                                    "name": "e",
-                                    "type": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "enum",
-                                            "name": "E",
-                                            "symbols": ["x", "y"],
-                                        },
-                                    },
-                                },
-                            ],
-                        },
-                    ],
-                },
-                {"name": "again", "type": ["null", "R"]},
-            ],
-        }
-    )
-    write = compile_fields(schema)
-    assert write is not None
-    for value in (
-        {"i": -(2**31), "l": 2**40, "r": None, "again": None},
-        {
-            "i": 2**31 - 1,
-            "l": -1,
-            "r": {"s": "ü", "e": ["y", "x", "y"]},
-            "again": {"s": "", "e": []},
-        },
-    ):
-        out: list[bytes] = []
-        write(value, out)
-        buf = io.BytesIO()
-        schemaless_writer(buf, schema, value, strict_allow_default=True)
-        assert b"".join(out) == buf.getvalue()
-    with pytest.raises(Unfit):
-        write({"i": 2**31, "l": 0, "r": None, "again": None}, [])
-    for other in (
-        "boolean",
-        "float",
-        {"type": "map", "values": "string"},
-        ["null", "int", "string"],
-    ):
-        declined: dict[str, Any] = parse_schema(  # type: ignore[assignment]
-            {"type": "record", "name": "D", "fields": [{"name": "f", "type": other}]}
-        )
-        assert compile_fields(declined) is None
