@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +55,7 @@ from typing import Any, Final, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from producer.avrofast import Declined, compile_writer
 from producer.errors import EncodingError
 from producer.model import Entity
 
@@ -412,6 +413,17 @@ class Schemas:
 
     @staticmethod
     def _write(parsed: dict[str, Any], name: str, value: Any) -> bytes:
+        """Strict Avro binary of ``value``: through the schema's generated writer when it takes
+        the value (``producer.avrofast``), else through fastavro, which names what does not
+        fit."""
+        entry = _WRITERS.get(id(parsed))
+        if entry is None or entry[0] is not parsed:
+            entry = _WRITERS[id(parsed)] = (parsed, compile_writer(parsed))
+        if entry[1] is not None:
+            try:
+                return entry[1](value)
+            except Declined:
+                pass
         buf = io.BytesIO()
         try:
             schemaless_writer(buf, parsed, value, strict_allow_default=True)
@@ -420,6 +432,10 @@ class Schemas:
             raise EncodingError(path if path is not None else f"{name}: {exc}") from exc
         return buf.getvalue()
 
+
+#: Generated writers by ``id`` of the parsed schema (kept beside it: an id is reused only once
+#: its object is gone).
+_WRITERS: dict[int, tuple[dict[str, Any], Callable[[Any], bytes] | None]] = {}
 
 _INT_RANGE: Final = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 

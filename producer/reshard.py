@@ -50,7 +50,7 @@ from producer.kafka.layout import (
 )
 from producer.kafka.mover import Mover, Placed, await_settled, fence, grow_partitions
 from producer.kafka.options import connection_options, consumer_options, producer_options
-from producer.kafka.reader import TopicReader, header
+from producer.kafka.reader import READ_TO_END, TopicReader, header
 from producer.kafka.shards import SHARDS_HEADER, shard_of, transactional_id
 from producer.kafka.topics import TopicNames
 
@@ -243,8 +243,7 @@ async def _move_state(batches: _Batches, config: Config, topic: str, shards: int
             topic,
             action=f"reshard: reading {topic} partition {partition}",
             partitions=[partition],
-            # Not "latest": a reset still running when we seek would skip the partition.
-            auto_offset_reset="earliest",
+            **READ_TO_END,
         ) as reader:
             end = await reader.end_offsets()
             latest: dict[bytes, int] = {}

@@ -30,7 +30,7 @@ from producer.config import KafkaConfig
 from producer.errors import BrokerUnavailable, NotAuthorized, NotShardedLayout
 from producer.kafka.authz import TOPIC_DENIED, principal_of
 from producer.kafka.options import connection_options, consumer_options
-from producer.kafka.reader import Headers, TopicReader, header
+from producer.kafka.reader import READ_TO_END, Headers, TopicReader, header
 from producer.kafka.shards import SHARDS_HEADER, shard_of
 from producer.kafka.topics import TopicNames, diagnose_authentication
 
@@ -118,9 +118,7 @@ async def latest_records(
 ) -> dict[tuple[int, bytes], Latest]:
     """The latest committed record of every key, per partition (tombstones included)."""
     out: dict[tuple[int, bytes], Latest] = {}
-    async with TopicReader(
-        consumer_config, topic, action=action, auto_offset_reset="earliest"
-    ) as reader:
+    async with TopicReader(consumer_config, topic, action=action, **READ_TO_END) as reader:
         for m in await reader.read_all():
             if m.key is not None:
                 stamp = getattr(m, "timestamp", None)

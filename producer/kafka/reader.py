@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
@@ -135,6 +135,15 @@ def _chosen(
             f"{', '.join(map(str, sorted(missing)))} ({len(found)} partition(s))"
         )
     return [tp for tp in found if tp.partition in only]
+
+
+#: Consumer options of a reader that reads up to the end and stops (restore, checkpoints,
+#: layout checks, reshard). ``earliest``: a reset to "latest" still running when the reader
+#: seeks could skip a partition. A short fetch wait: aiokafka handles a seek's offset reset only
+#: after the fetch in flight returns, and on an empty partition the broker holds that fetch for
+#: ``fetch_max_wait_ms`` (500 ms by default), which made every empty checkpoints partition cost
+#: half a second at start.
+READ_TO_END: Final[Mapping[str, Any]] = {"auto_offset_reset": "earliest", "fetch_max_wait_ms": 50}
 
 
 class TopicReader:
@@ -265,7 +274,9 @@ async def read_compacted(
     """The latest value of every key of a compacted topic, or of those of its ``partitions``
     (keys whose latest is a tombstone are left out)."""
     out: dict[bytes, bytes] = {}
-    async with TopicReader(consumer_config, topic, action=action, partitions=partitions) as reader:
+    async with TopicReader(
+        consumer_config, topic, action=action, partitions=partitions, **READ_TO_END
+    ) as reader:
         for m in await reader.read_all():
             if m.key is None:
                 continue

@@ -33,7 +33,7 @@ import structlog
 from producer.checkpoints import Checkpoint, split_checkpoint_key
 from producer.errors import BrokerUnavailable
 from producer.events import Encoder
-from producer.kafka.reader import Message, TopicReader, read_compacted
+from producer.kafka.reader import READ_TO_END, Message, TopicReader, read_compacted
 from producer.kafka.shards import shard_of
 from producer.kafka.statetopic import rows_from_messages
 from producer.state import StateStore
@@ -130,7 +130,7 @@ async def restore_from_kafka(
         topic,
         action=f"state restore from {topic} failed",
         partitions=None if shard is None else [shard],
-        auto_offset_reset="earliest",
+        **READ_TO_END,
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=32 * 1024 * 1024,
     )
