@@ -149,7 +149,7 @@ def test_schemas_with_other_constructs_get_no_generated_writer() -> None:
         ["null", "string", "long"],
         ["string", "null"],
     ):
-        schema = parse_schema(
+        schema: dict[str, Any] = parse_schema(  # type: ignore[assignment]
             {"type": "record", "name": "X", "fields": [{"name": "a", "type": field_type}]}
         )
         assert compile_writer(schema) is None, field_type
@@ -183,7 +183,7 @@ def test_damaged_values_are_written_as_fastavro_writes_them_or_declined(
     target = value
     nested = [v for v in value.values() if isinstance(v, dict)]
     nested += [i for v in value.values() if isinstance(v, list) for i in v if isinstance(i, dict)]
-    if nested and data.draw(st.booleans()):
+    if len(nested) > 0 and data.draw(st.booleans()):
         target = data.draw(st.sampled_from(nested))
     key = data.draw(st.sampled_from([*target, "x"]))
     target[key] = data.draw(_anything)
