@@ -5,14 +5,17 @@
 
 Prints CPU microseconds per record for: JSON parse share, normalise (the generated per-entity
 normalisers and the reference path they replace), digest, diff, Avro encode,
-the state store look-up, a raw-record fingerprint (the proposed no-change fast path), and
-``uuid5`` against a formatted SHA-1 (the proposed ``event_id``). The budget line says what one
-record may cost for the pipeline to reach a given share of the HTTP ceiling.
+the state store look-up, a raw-record fingerprint (the proposed no-change fast path),
+``uuid5`` against a formatted SHA-1 (the proposed ``event_id``), Kafka's murmur2 (aiokafka's
+and the writer's) and the writer's transaction without a broker: a record's event and state
+message partitioned and appended to aiokafka's per-partition batch builders, which are then
+built (zstd), as ``TransactionalWriter._transaction`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import tempfile
 import time
@@ -23,10 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from producer import diff as differ
 from producer.avro import Schemas
-from producer.events import SourceInfo, encode
+from producer.config import KafkaConfig
+from producer.events import Batch, Encoder, SourceInfo, encode
+from producer.kafka import shards
+from producer.kafka.options import producer_options
+from producer.kafka.topics import TopicNames
+from producer.kafka.writer import TransactionalWriter
 from producer.model import CanonicalRecord
 from producer.normalise import normalise
 from producer.simulator import DistrictSpec, Simulator
@@ -55,6 +65,60 @@ def sha1_uuid(name: str) -> str:
     h[8] = (h[8] & 0x3F) | 0x80
     x = h.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+class NoBroker:
+    """Enough of a started ``AIOKafkaProducer`` for ``TransactionalWriter._transaction``: its
+    batch builders are a real (unstarted) producer's, with the product's options; a sent batch
+    is built (compressed) at once and acknowledged at offset 0, nothing leaves the process."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self.batches = 0
+
+    async def begin_transaction(self) -> None:
+        pass
+
+    async def commit_transaction(self) -> None:
+        pass
+
+    async def abort_transaction(self) -> None:
+        pass
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(6))
+
+    def create_batch(self) -> Any:
+        return self._producer.create_batch()
+
+    async def send_batch(self, builder: Any, topic: str, *, partition: int) -> Any:
+        builder._build()  # what the producer's sender does with a batch
+        self.batches += 1
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(argparse.Namespace(partition=partition, offset=0))
+        return done
+
+
+def write_without_broker(batch: Batch, store: StateStore, topics: TopicNames) -> None:
+    """One ``TransactionalWriter._transaction`` of ``batch`` against ``NoBroker``."""
+
+    async def run() -> None:
+        options = producer_options(KafkaConfig())
+        producer = AIOKafkaProducer(**options, transactional_id="micro", enable_idempotence=True)
+        writer = TransactionalWriter(
+            producer_config=options,
+            transactional_id="micro",
+            state_topic=topics.state,
+            checkpoints_topic=topics.checkpoints,
+            shards=4,
+            store=store,
+        )
+        try:
+            await writer._transaction(NoBroker(producer), batch)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
 
 
 def main() -> int:
@@ -98,6 +162,14 @@ def main() -> int:
                 for i in range(0, len(sids), 1000):
                     store.get_many(entity, "d", sids[i : i + 1000])
 
+        topics = TopicNames("micro")
+        encoder = Encoder(schemas, topics)
+        batch = Batch()
+        for ch in changes:
+            if ch is not None:
+                encoder.add_change(batch, ch, source, raw_digest=b"r" * 16)
+        keys = [record.key for record in batch.events]
+
         rows = {
             "orjson.loads (parse, per record)": per_record(
                 lambda: [orjson.loads(b) for b in bodies], n
@@ -122,6 +194,15 @@ def main() -> int:
             ),
             "encode (record body + envelope)": per_record(
                 lambda: [encode(schemas, ch, source) for ch in changes if ch], n
+            ),
+            "murmur2: aiokafka's (per event key)": per_record(
+                lambda: [aiokafka_murmur2(k) for k in keys], n
+            ),
+            "murmur2: producer.kafka.shards (per event key)": per_record(
+                lambda: [shards.murmur2(k) for k in keys], n
+            ),
+            "writer: event + state message -> built Kafka batches (no broker)": per_record(
+                lambda: write_without_broker(batch, store, topics), n
             ),
             "proposed: raw fingerprint (orjson.dumps + BLAKE2b)": per_record(
                 lambda: [

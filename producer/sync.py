@@ -8,7 +8,8 @@ enrollments, demographics):
   ``filter=dateLastModified>'<cursor - overlap>'`` and no status filter.
 - **Pages -> batches.** Each record is normalised (a rejection becomes a dead letter) and diffed
   against the state store; a change becomes an event (DELETED followed by a tombstone) and a
-  state write. Batches of ``batch_size`` records commit in their own transaction.
+  state write. Batches of ``batch_size`` records commit in their own transaction; a batch
+  commits while the next records are processed, one batch in flight (``_flush``).
 - **Cursor.** The highest ``dateLastModified`` seen is written, with the counts, in the
   checkpoint of the last transaction of the pass, and only when the listing completed (an idle
   delta that wrote nothing and left the cursor alone commits nothing, except to refresh
@@ -201,6 +202,8 @@ class _Pass:
     #: Records dated after this do not move the cursor (see ``_run``).
     ceiling: datetime = field(default_factory=lambda: _LATEST)
     future_warned: bool = False
+    #: The commit of the last batch cut, while it runs (``_flush``).
+    inflight: asyncio.Task[None] | None = None
 
 
 class DistrictSync:
@@ -371,13 +374,17 @@ class DistrictSync:
                     await self._page(entity, ahead.popleft(), state, mode)
             while ahead:
                 await self._page(entity, ahead.popleft(), state, mode)
+            await self._landed(state)
             if not listing.complete:
-                raise ListingIncomplete(
+                raise ListingIncomplete(  # noqa: TRY301 - the handler below must see it too
                     f"{entity} listing of district {self.district_id!r} is incomplete: "
                     f"{listing.incomplete_reason}; its cursor stays at {cp.cursor}"
                 )
             if mode == "FULL":
                 await self._absent(entity, state, cp, confirm_deletes)
+        except BaseException as exc:
+            await self._abandon(state, exc)
+            raise
         finally:
             await _drop(ahead)
             state.seen.close()
@@ -573,10 +580,21 @@ class DistrictSync:
         )
 
     async def _flush(self, state: _Pass, **final: Any) -> None:
-        """Commit the pending batch with a checkpoint that counts what it holds (the cursor and
-        sync times change only through ``final``, in the pass's last batch), then record that
-        checkpoint as committed."""
+        """Cut the pending batch and commit it with a checkpoint that counts what it holds (the
+        cursor and sync times change only through ``final``, in the pass's last batch); once it
+        has committed, record that checkpoint as committed.
+
+        The commit runs as a task while the pass goes on with the next records, one batch in
+        flight: the next cut, the end of the listing and a failure of the pass wait for it
+        first (``_landed``, ``_abandon``), so batches commit in order, each checkpoint counts
+        from the one committed before it, a failed commit fails the pass, and the cursor (in
+        the last batch) follows every batch before it. While a batch is in flight the pass
+        reads the store only for sourcedIds this listing has not seen, and the batch writes only
+        ones it has (``_Seen``: a sourcedId seen again is decided without the store), so no
+        decision depends on whether the batch has reached the store yet. The last batch
+        (``final``) returns once committed; ``_landed`` waits for any other."""
         batch, state.batch, state.pending = state.batch, Batch(), 0
+        await self._landed(state)
         assert state.cp is not None
         r = state.result
         done = (r.created, r.updated, r.deleted, r.rejected)
@@ -596,15 +614,50 @@ class DistrictSync:
             **final,
         )
         batch.checkpoint = self._encoder.checkpoint(cp)
+        state.inflight = asyncio.ensure_future(self._commit(state, batch, cp, done, keys))
+        if final:
+            await self._landed(state)
+
+    async def _commit(
+        self,
+        state: _Pass,
+        batch: Batch,
+        cp: Checkpoint,
+        done: tuple[int, int, int, int],
+        keys: int,
+    ) -> None:
+        """Commit a batch cut by ``_flush``, then record its checkpoint as committed."""
         await self._sink.commit(batch)
         state.cp, state.counted, state.keys = cp, done, keys
         self._book.put(cp)
+
+    async def _landed(self, state: _Pass) -> None:
+        """Wait until the batch in flight (if any) has committed; its failure is raised here."""
+        task, state.inflight = state.inflight, None
+        if task is not None:
+            await task
+
+    async def _abandon(self, state: _Pass, error: BaseException) -> None:
+        """The pass fails with ``error`` while a batch may be in flight: the batch commits or
+        fails as it would have before the error came (its failure is raised instead); when the
+        pass is cancelled, the batch is cancelled with it (its transaction is aborted)."""
+        task, state.inflight = state.inflight, None
+        if task is None:
+            return
+        if isinstance(error, Exception):
+            await task
+            return
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: the pass raises its cancellation, not this
 
     async def _absent(
         self, entity: Entity, state: _Pass, cp: Checkpoint, confirm_deletes: bool
     ) -> None:
         # Commit what the listing brought first, so the store reflects it.
         await self._flush(state)
+        await self._landed(state)
         total = state.keys
         missing = state.seen.unseen(entity, self.district_id)
         if not missing:
@@ -651,6 +704,7 @@ class DistrictSync:
                 self._record(record, known, state, "FULL")
             state.seen.flush()
             await self._flush(state)
+        await self._landed(state)
 
     def _mass_delete(self, missing: int, total: int) -> bool:
         """Whether ``missing`` absent keys out of ``total`` stored ones trip the guard: more than

@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from producer.avro import Schemas
 from producer.checkpoints import Checkpoint
@@ -22,7 +23,13 @@ from producer.errors import NotShardedLayout, TopicMisconfigured
 from producer.events import Batch, Encoder, OutRecord
 from producer.kafka.reader import Message, TopicReader
 from producer.kafka.restore import load_checkpoints, restore_from_kafka
-from producer.kafka.shards import SHARDS_HEADER, shard_of, transactional_id
+from producer.kafka.shards import (
+    SHARDS_HEADER,
+    murmur2,
+    partition_of,
+    shard_of,
+    transactional_id,
+)
 from producer.kafka.statetopic import state_key
 from producer.kafka.topics import TopicNames, TopicSettings, ensure_topics
 from producer.kafka.writer import TransactionalWriter
@@ -93,6 +100,30 @@ def test_shard_of_matches_javas_murmur2() -> None:
     for raw, java in JAVA_MURMUR2.items():
         for shards in (1, 6, 7, 1000):
             assert shard_of(raw.decode(), shards) == (java & 0x7FFFFFFF) % shards
+
+
+def test_partition_of_is_kafkas_default_partitioner_on_event_keys() -> None:
+    """The writer's partition of an event key (``partition_of``, our word-at-a-time murmur2) is
+    the partition aiokafka's ``DefaultPartitioner`` gives it, on many random keys of every
+    length and tail (0 to 3 bytes past a 4-byte word), ASCII and not (accents, CJK, emoji, a
+    NUL), and on Java's reference values."""
+    rng = random.Random(13)
+    alphabet = "abcxyz0189-_./:" + "éüßø" + "学区生" + "\U0001f600\U00010348" + "\x00\x7f"
+    keys = [b"", b"/", "é".encode(), "学".encode(), *JAVA_MURMUR2]
+    for _ in range(3000):
+        district = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 20)))
+        sourced = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 80)))
+        keys.append(f"{district}/{sourced}".encode())
+    keys += [bytes(rng.randrange(256) for _ in range(n)) for n in range(200)]  # any bytes
+    assert {len(k) % 4 for k in keys} == {0, 1, 2, 3}
+    for raw, java in JAVA_MURMUR2.items():
+        assert murmur2(raw) == java & 0xFFFFFFFF
+    for key in keys:
+        assert murmur2(key) == aiokafka_murmur2(key), key
+        for count in (1, 2, 3, 6, 7, 12, 1000):
+            partitions = list(range(count))
+            expected = DefaultPartitioner()(key, partitions, partitions)
+            assert partition_of(key, count) == expected, (key, count)
 
 
 def test_shard_of_refuses_no_shards_and_names_transactional_ids() -> None:

@@ -4,6 +4,9 @@ memory). The transactions themselves are proved end to end in ``tests/test_sync.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,10 +21,16 @@ from producer.config import SyncConfig
 from producer.errors import BrokerUnavailable, ListingIncomplete
 from producer.events import Encoder, OutRecord
 from producer.kafka.topics import TopicNames
-from producer.model import Entity
+from producer.model import Entity, RawPage
 from producer.state import StateStore
 from producer.sync import DistrictSync, EntityResult
-from producer.testing import MemorySink, MemorySource, RecordingObserver, memory_store
+from producer.testing import (
+    MemoryListing,
+    MemorySink,
+    MemorySource,
+    RecordingObserver,
+    memory_store,
+)
 
 SCHEMAS = Schemas.load(history=False)
 TOPICS = TopicNames("t")
@@ -59,9 +68,10 @@ class Engine:
     book: CheckpointBook = field(default_factory=CheckpointBook)
     observer: RecordingObserver = field(default_factory=RecordingObserver)
     encoder: Encoder = field(default_factory=lambda: Encoder(SCHEMAS, TOPICS))
+    make_sink: Callable[[StateStore], MemorySink] = MemorySink
 
     def __post_init__(self) -> None:
-        self.sink = MemorySink(self.store)
+        self.sink = self.make_sink(self.store)
         self.sync = DistrictSync(
             district_id=DISTRICT,
             source=self.source,
@@ -451,3 +461,219 @@ async def test_entity_intervals_put_off_slow_entities_without_losing_their_chang
     engine.now += timedelta(minutes=1)
     assert await poll(entities=["orgs"]) == ["orgs"]
     assert await poll() == ["users"]
+
+
+# -- pipelined commits: batch N commits while the next pages are processed -------------------
+
+
+@dataclass
+class Pace:
+    """How far the listing of a ``PacedSource`` has got."""
+
+    served: int = 0
+    active: bool = False
+
+
+@dataclass
+class PacedListing(MemoryListing):
+    """A ``MemoryListing`` that gives the event loop a turn before each page, as a network
+    fetch does, and counts the pages it hands out."""
+
+    pace: Pace = field(default_factory=Pace)
+
+    async def _pages(self) -> AsyncIterator[RawPage]:
+        self.pace.active = True
+        try:
+            async for page in super()._pages():
+                await asyncio.sleep(0)
+                self.pace.served += 1
+                yield page
+        finally:
+            self.pace.active = False
+
+
+@dataclass
+class PacedSource(MemorySource):
+    """A ``MemorySource`` whose listings are ``PacedListing``s sharing one ``Pace``."""
+
+    pace: Pace = field(default_factory=Pace)
+
+    def listing(self, entity: Entity, *, since: datetime | None = None) -> MemoryListing:
+        plain = super().listing(entity, since=since)
+        fields = {f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)}
+        return PacedListing(**fields, pace=self.pace)
+
+
+class HeldSink(MemorySink):
+    """Once ``hold`` is set, a sink whose commit waits (up to 1 s) until the listing has handed
+    out another page, so the pass processes the next page while the batch is in flight;
+    ``overlapped`` counts the commits that saw it. ``fail`` (the index of a held commit): that
+    commit fails after the wait."""
+
+    def __init__(self, store: StateStore, pace: Pace) -> None:
+        super().__init__(store)
+        self.pace = pace
+        self.hold = False
+        self.fail: int | None = None
+        self.overlapped = 0
+        self.calls = 0
+
+    async def commit(self, batch: events.Batch) -> None:
+        if not self.hold:
+            await super().commit(batch)
+            return
+        call, self.calls = self.calls, self.calls + 1
+        served = self.pace.served
+        for _ in range(1000):
+            if not self.pace.active or self.pace.served > served:
+                break
+            await asyncio.sleep(0.001)
+        if self.pace.served > served:
+            self.overlapped += 1
+        if call == self.fail:
+            raise BrokerUnavailable("transaction aborted: injected by HeldSink")
+        await super().commit(batch)
+
+
+def _second_pass_records() -> list[dict[str, Any]]:
+    """A full listing, in pages of two, after a snapshot of a..f: a and b changed in page 1;
+    a again in page 2 with other content (a duplicate: dead-lettered, the first kept) beside an
+    unchanged c; d, e unchanged; g new; f gone (deleted by the full pass)."""
+    later = T0 + timedelta(minutes=5)
+    return [
+        org("a", at=later, name="A1"),
+        org("b", at=later, name="B1"),
+        org("a", at=later, name="A2"),
+        org("c"),
+        org("d"),
+        org("e"),
+        org("g", at=later),
+    ]
+
+
+async def _two_passes(source: MemorySource, *, hold: bool) -> Engine:
+    """A snapshot of orgs a..f, then a full pass over ``_second_pass_records``, in batches of
+    two, pages of two; the second pass's commits are held (``HeldSink``) when ``hold``."""
+    source.records["orgs"] = [org(sid) for sid in "abcdef"]
+    source.page_size = 2
+    engine = Engine(source, settings=SyncConfig(batch_size=2), make_sink=_held_sink(source))
+    await engine.run()
+    assert isinstance(engine.sink, HeldSink)
+    engine.sink.hold, engine.sink.batches = hold, []
+    engine.now += timedelta(hours=1)
+    source.records["orgs"] = _second_pass_records()
+    await engine.run(full=True)
+    return engine
+
+
+def _held_sink(source: MemorySource) -> Callable[[StateStore], MemorySink]:
+    pace = source.pace if isinstance(source, PacedSource) else Pace()
+    return lambda store: HeldSink(store, pace)
+
+
+def _outcome(engine: Engine) -> tuple[Any, ...]:
+    """What a pass leaves: events (key, op), dead letters (sourcedId), the store's rows and the
+    checkpoint's cursor and counts."""
+    cp = engine.cp()
+    return (
+        [(r.key, dict(r.headers).get("op")) for b in engine.sink.batches for r in b.events],
+        [decode(r)["sourced_id"] for r in engine.sink.deadletters],
+        sorted(engine.store.digests("orgs", DISTRICT, list("abcdefg")).items()),
+        (cp.cursor, cp.record_count, cp.created_count, cp.updated_count, cp.deleted_count),
+        cp.rejected_count,
+    )
+
+
+async def test_a_batch_in_flight_while_the_next_pages_are_processed_changes_nothing() -> None:
+    """The pass cuts a batch and goes on with the next pages while it commits (one batch in
+    flight); a key written by that batch and listed again in the next page, absences, counts
+    and the cursor come out exactly as when every commit had finished before the next page:
+    a changed once (UPDATED, then the duplicate dead-lettered), b UPDATED, g CREATED, f
+    DELETED with its tombstone, record_count 6."""
+    reference = await _two_passes(MemorySource(), hold=False)
+    held = await _two_passes(PacedSource(), hold=True)
+    assert isinstance(held.sink, HeldSink)
+    assert held.sink.overlapped >= 1  # a page was processed while a batch was in flight
+    assert _outcome(held) == _outcome(reference)
+    events_, letters, _rows, counts, rejected = _outcome(held)
+    assert events_ == [
+        (b"d1/a", b"UPDATED"),
+        (b"d1/b", b"UPDATED"),
+        (b"d1/g", b"CREATED"),
+        (b"d1/f", b"DELETED"),
+        (b"d1/f", b"TOMBSTONE"),
+    ]
+    assert letters == ["a"]
+    assert counts == ("2024-05-01T10:05:00.000Z", 6, 7, 2, 1)
+    assert rejected == 1
+    assert seen_rows(held.store) == 0
+
+
+async def test_a_failed_commit_in_flight_fails_the_pass_and_commits_nothing_after_it() -> None:
+    """When the batch in flight fails, the pass fails with its error; no later batch and no
+    cursor are committed, the store and checkpoint stay as before the pass; the next pass
+    writes everything."""
+    source = PacedSource({"orgs": [org(sid) for sid in "abcdef"]}, page_size=2)
+    engine = Engine(source, settings=SyncConfig(batch_size=2), make_sink=_held_sink(source))
+    await engine.run()
+    held = engine.sink
+    assert isinstance(held, HeldSink)
+    before = (engine.cp(), sorted(engine.store.digests("orgs", DISTRICT, list("abcdef")).items()))
+    held.hold, held.fail, held.batches = True, 0, []
+    source.records["orgs"] = _second_pass_records()
+    with pytest.raises(BrokerUnavailable, match="HeldSink"):
+        await engine.run(full=True)
+    assert held.overlapped == 1
+    assert held.calls == 1
+    assert held.batches == []
+    assert (
+        engine.cp(),
+        sorted(engine.store.digests("orgs", DISTRICT, list("abcdef")).items()),
+    ) == before
+    held.fail = None
+    await engine.run(full=True)
+    assert [r.key for b in held.batches for r in b.events] == [
+        b"d1/a",
+        b"d1/b",
+        b"d1/g",
+        b"d1/f",
+        b"d1/f",
+    ]
+    assert engine.cp().record_count == 6
+
+
+async def test_a_cancelled_pass_cancels_the_batch_in_flight() -> None:
+    """Cancelling a pass while its batch is in flight cancels that commit too: nothing is
+    committed or applied afterwards, and no task is left running."""
+    entered = asyncio.Event()
+
+    class StuckSink(MemorySink):
+        """Commits normally until ``stuck``; then never returns."""
+
+        stuck = False
+
+        async def commit(self, batch: events.Batch) -> None:
+            if not self.stuck:
+                await super().commit(batch)
+                return
+            entered.set()
+            await asyncio.Event().wait()
+
+    source = PacedSource({"orgs": [org(sid) for sid in "abcdef"]}, page_size=2)
+    engine = Engine(source, settings=SyncConfig(batch_size=2), make_sink=StuckSink)
+    await engine.run()
+    before = engine.cp()
+    stuck = engine.sink
+    assert isinstance(stuck, StuckSink)
+    stuck.stuck, stuck.batches = True, []
+    source.records["orgs"] = _second_pass_records()
+    others = asyncio.all_tasks()
+    task = asyncio.create_task(engine.run(full=True))
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() == others
+    assert stuck.batches == []
+    assert engine.cp() == before

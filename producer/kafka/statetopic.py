@@ -9,20 +9,28 @@ rows without decoding Avro; a delete is a tombstone with the ``entity`` header.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import cast
+from collections.abc import Iterable, Mapping
+from typing import Final
 
 from producer.avro import RECORD_NAMES
 from producer.avro import headers as schema_headers
-from producer.events import OutRecord
 from producer.kafka.reader import Headers
-from producer.model import Entity
 from producer.state import Key, Row, StateWrite
+
+#: A Kafka message as the writer hands it to a batch: key, value (None: tombstone), headers.
+Message = tuple[bytes, bytes | None, Headers]
 
 
 def state_key(entity: str, district_id: str, sourced_id: str) -> str:
     """The key of a record in the state topic."""
     return f"{entity}/{district_id}/{sourced_id}"
+
+
+#: The headers every upsert of an entity starts with (``content-type``, ``schema``, ``entity``).
+_UPSERT_HEADERS: Final[Mapping[str, tuple[tuple[str, bytes], ...]]] = {
+    entity: (*schema_headers(name), ("entity", entity.encode()))
+    for entity, name in RECORD_NAMES.items()
+}
 
 
 def split_state_key(key: str) -> tuple[str, str, str]:
@@ -31,20 +39,17 @@ def split_state_key(key: str) -> tuple[str, str, str]:
     return entity, district, sid
 
 
-def state_record(topic: str, write: StateWrite) -> OutRecord:
-    """The state-topic record of a store write: the encoded canonical record, or a tombstone."""
-    key = state_key(write.entity, write.district_id, write.sourced_id).encode()
+def state_message(write: StateWrite) -> Message:
+    """The state-topic message ``(key, value, headers)`` of a store write: the encoded canonical
+    record, or a tombstone."""
+    key = f"{write.entity}/{write.district_id}/{write.sourced_id}".encode()
     if write.value is None:
-        return OutRecord(topic, key, None, [("entity", write.entity.encode())])
+        return key, None, [("entity", write.entity.encode())]
     assert write.digest is not None
-    headers = [
-        *schema_headers(RECORD_NAMES[cast("Entity", write.entity)]),
-        ("entity", write.entity.encode()),
-        ("digest", write.digest),
-    ]
-    if write.raw_digest is not None:
-        headers.append(("raw-digest", write.raw_digest))
-    return OutRecord(topic, key, write.value, headers)
+    fixed = _UPSERT_HEADERS[write.entity]
+    if write.raw_digest is None:
+        return key, write.value, [*fixed, ("digest", write.digest)]
+    return key, write.value, [*fixed, ("digest", write.digest), ("raw-digest", write.raw_digest)]
 
 
 def rows_from_messages(

@@ -25,17 +25,19 @@ from typing import Any, Self
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
-from aiokafka.partitioner import murmur2
 
 from producer.checkpoints import split_checkpoint_key
 from producer.errors import BrokerUnavailable, ClientClosed, Fenced
 from producer.events import Batch, OutRecord
 from producer.kafka.authz import denied
-from producer.kafka.shards import SHARDS_HEADER, shard_of
-from producer.kafka.statetopic import split_state_key, state_record
+from producer.kafka.shards import SHARDS_HEADER, partition_of, shard_of
+from producer.kafka.statetopic import Message, split_state_key, state_message
 from producer.state import StateStore
 
 log = structlog.get_logger(__name__)
+
+#: A transaction's messages by (topic, partition), in the order they are written.
+Groups = dict[tuple[str, int], list[Message]]
 
 
 class TransactionalWriter:
@@ -66,6 +68,8 @@ class TransactionalWriter:
         self._timeout = batch_timeout
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
+        #: district id -> its shard (a pure function of the id: computed once per district).
+        self._district_shards: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._closed = False
         #: Once fenced, never start another producer: it would fence the newer owner back.
@@ -167,18 +171,10 @@ class TransactionalWriter:
         # 1.
         await producer.begin_transaction()
         try:
-            state_records = [state_record(self._state_topic, w) for w in batch.state]
-            # 2. - 5. in this order; records are grouped into one Kafka batch per partition,
+            # 2. - 5. in this order: each record becomes its (key, value, headers) once, in its
+            # partition's group; each group goes out as one Kafka batch (more when one fills),
             # which keeps each partition's order and costs far less than a send() per record.
-            sent = await self._send_grouped(
-                producer,
-                [
-                    *batch.events,
-                    *state_records,
-                    *batch.deadletters,
-                    *([batch.checkpoint] if batch.checkpoint is not None else []),
-                ],
-            )
+            sent = await self._send_grouped(producer, await self._grouped(producer, batch))
             # 6.
             metadata = await asyncio.gather(*(fut for _topic, _count, fut in sent))
             await producer.commit_transaction()
@@ -191,40 +187,58 @@ class TransactionalWriter:
                 offsets[md.partition] = max(offsets.get(md.partition, 0), md.offset + count)
         return offsets
 
-    async def _send_grouped(
-        self, producer: AIOKafkaProducer, records: Sequence[OutRecord]
-    ) -> list[tuple[str, int, asyncio.Future[Any]]]:
-        """Send ``records`` as one batch per topic-partition (more when a batch fills); returns
-        (topic, records in the batch, delivery future) per batch. State records and
-        checkpoints go to their district's shard (``_sharded``); other partitions are chosen as
-        Kafka's default partitioner does (murmur2 of the key), so keys land where any other
-        producer would put them."""
-        grouped: dict[tuple[str, int], list[OutRecord]] = {}
+    async def _grouped(self, producer: AIOKafkaProducer, batch: Batch) -> Groups:
+        """The messages of ``batch`` by topic and partition, in the commit order (events, state
+        records, dead letters, checkpoint). State records and checkpoints go to their
+        district's shard (``_shard_of``, ``_sharded``); other partitions are chosen as Kafka's
+        default partitioner does (murmur2 of the key), so keys land where any other producer
+        would put them."""
+        groups: Groups = {}
+        await self._group(producer, groups, batch.events)
+        topic = self._state_topic
+        for write in batch.state:
+            partition = self._shard_of(write.district_id)
+            groups.setdefault((topic, partition), []).append(state_message(write))
+        await self._group(producer, groups, batch.deadletters)
+        if batch.checkpoint is not None:
+            await self._group(producer, groups, [batch.checkpoint])
+        return groups
+
+    async def _group(
+        self, producer: AIOKafkaProducer, groups: Groups, records: Sequence[OutRecord]
+    ) -> None:
+        """Add ``records`` to their partitions' groups (see ``_grouped``)."""
+        counts: dict[str, int] = {}
+        sharded = (self._state_topic, self._checkpoints_topic)
         for given in records:
-            if given.topic in (self._state_topic, self._checkpoints_topic):
+            topic = given.topic
+            if topic in sharded:
                 record, partition = self._sharded(given)
             else:
-                record = given
-                count = await self._partition_count(producer, record.topic)
-                partition = (murmur2(record.key) & 0x7FFFFFFF) % count
-            grouped.setdefault((record.topic, partition), []).append(record)
+                record, count = given, counts.get(topic)
+                if count is None:
+                    count = counts[topic] = await self._partition_count(producer, topic)
+                partition = partition_of(record.key, count)
+            message = (record.key, record.value, record.headers)
+            groups.setdefault((topic, partition), []).append(message)
+
+    async def _send_grouped(
+        self, producer: AIOKafkaProducer, groups: Groups
+    ) -> list[tuple[str, int, asyncio.Future[Any]]]:
+        """Send each group as one batch to its topic-partition (more when a batch fills);
+        returns (topic, records in the batch, delivery future) per batch."""
         sent: list[tuple[str, int, asyncio.Future[Any]]] = []
-        for (topic, partition), items in grouped.items():
+        for (topic, partition), messages in groups.items():
             builder = producer.create_batch()
             count = 0
-            for record in items:
+            for key, value, headers in messages:
                 if (
-                    builder.append(
-                        key=record.key, value=record.value, timestamp=None, headers=record.headers
-                    )
-                    is None
+                    builder.append(key=key, value=value, timestamp=None, headers=headers) is None
                 ):  # full: send it, start another (the first record always fits)
                     fut = await producer.send_batch(builder, topic, partition=partition)
                     sent.append((topic, count, fut))
                     builder, count = producer.create_batch(), 0
-                    builder.append(
-                        key=record.key, value=record.value, timestamp=None, headers=record.headers
-                    )
+                    builder.append(key=key, value=value, timestamp=None, headers=headers)
                 count += 1
             fut = await producer.send_batch(builder, topic, partition=partition)
             sent.append((topic, count, fut))
@@ -242,13 +256,19 @@ class TransactionalWriter:
                 record = OutRecord(
                     record.topic, record.key, record.value, [*record.headers, self._shards_header]
                 )
-        shard = shard_of(district, self.shards)
+        return record, self._shard_of(district)
+
+    def _shard_of(self, district: str) -> int:
+        """The shard of a district, which must be this writer's when it has one."""
+        shard = self._district_shards.get(district)
+        if shard is None:
+            shard = self._district_shards[district] = shard_of(district, self.shards)
         if self.shard is not None and shard != self.shard:
             raise ValueError(
                 f"district {district!r} is in shard {shard}, not in this writer's shard "
                 f"{self.shard} ({self.transactional_id})"
             )
-        return record, shard
+        return shard
 
     async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
         count = self._partitions.get(topic)
