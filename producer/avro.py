@@ -55,7 +55,7 @@ from typing import Any, Final, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from producer.avrofast import Declined, compile_writer
+from producer.avrofast import Declined, compile_writer, zigzag
 from producer.errors import EncodingError
 from producer.model import Entity
 
@@ -155,18 +155,8 @@ def body_of(data: bytes) -> bytes:
     return data[10:]
 
 
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_NULL_BRANCH: Final = _zigzag(0)
-_VALUE_BRANCH: Final = _zigzag(1)
+_NULL_BRANCH: Final = zigzag(0)
+_VALUE_BRANCH: Final = zigzag(1)
 
 
 def _fullname(node: Mapping[str, Any], namespace: str | None) -> str:

@@ -35,7 +35,7 @@ class Unsupported(Exception):
     """The schema has a construct the generator does not handle."""
 
 
-def _zigzag(n: int) -> bytes:
+def zigzag(n: int) -> bytes:
     """Avro's zig-zag varint of a long."""
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
@@ -46,7 +46,7 @@ def _zigzag(n: int) -> bytes:
     return bytes(out)
 
 
-_ZZ: Final = tuple(_zigzag(n) for n in range(_SMALL))
+_ZZ: Final = tuple(zigzag(n) for n in range(_SMALL))
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -203,7 +203,7 @@ def compile_writer(parsed: Mapping[str, Any]) -> Callable[[Any], bytes] | None:
     scope: dict[str, Any] = {
         "Declined": Declined,
         "_ZZ": _ZZ,
-        "_zigzag": _zigzag,
+        "_zigzag": zigzag,
         "_millis": _millis,
         "datetime": datetime,
         "_LONG_MIN": _LONG_MIN,
