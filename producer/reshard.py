@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from producer.checkpoints import split_checkpoint_key
-from producer.config import Config
-from producer.errors import NotShardedLayout, ReshardRefused
+from producer.config import Config, KafkaConfig
+from producer.errors import BrokerUnavailable, NotShardedLayout, ReshardRefused
 from producer.kafka.fleet import require_no_live_group
 from producer.kafka.layout import (
     Latest,
@@ -48,9 +48,9 @@ from producer.kafka.layout import (
     partition_counts,
     standing,
 )
-from producer.kafka.mover import Mover, Placed, await_settled, fence, grow_partitions
+from producer.kafka.mover import Mover, Placed, fence, grow_partitions
 from producer.kafka.options import connection_options, consumer_options, producer_options
-from producer.kafka.reader import READ_TO_END, TopicReader, header
+from producer.kafka.reader import READ_TO_END, TopicReader, header, settled
 from producer.kafka.shards import SHARDS_HEADER, shard_of, transactional_id
 from producer.kafka.topics import TopicNames
 
@@ -228,6 +228,7 @@ async def _move_state(batches: _Batches, config: Config, topic: str, shards: int
     written by a reshard that tombstoned its stray in the same transaction (or, afterwards, by
     the sharded layout's writer, which the checkpoints keep from starting before the move is
     done), so a live stray always moves."""
+
     homes: dict[str, int] = {}
 
     def home(key: bytes) -> int:
@@ -265,6 +266,14 @@ async def _move_state(batches: _Batches, config: Config, topic: str, shards: int
         await batches.flush()
 
 
+async def _settled(kafka: KafkaConfig, topics: list[str], seconds: float = 60.0) -> None:
+    """Wait until the transactions open on ``topics`` have their markers (``settled``)."""
+    if not await settled(consumer_options(kafka), topics, seconds=seconds):
+        raise BrokerUnavailable(
+            f"a transaction on {', '.join(topics)} stayed open for {seconds:.0f}s"
+        )
+
+
 async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) -> ReshardReport:
     """Steps 1-6 of the module docstring; returns what was done.
 
@@ -299,7 +308,7 @@ async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) ->
     await fence(producing, report.fenced[1:])
     async with Mover(producing, report.fenced[0]) as mover:  # fences shard-0 as it starts
         # What the fenced writers left open is being aborted: read once the markers landed.
-        await await_settled(consumer_options(kafka), list(counts))
+        await _settled(kafka, list(counts))
         for topic, stamp in ((topics.state, False), (topics.checkpoints, True)):
             had = counts.get(topic)
             topic_report = TopicReport(topic, had, had)
@@ -315,7 +324,7 @@ async def reshard(config: Config, *, shards: int, batch: int = DEFAULT_BATCH) ->
             move = _move_checkpoints if stamp else _move_state
             await move(batches, config, topic, shards)
     # 6. Once our commits' markers reached every partition (read_committed sees them).
-    await await_settled(consumer_options(kafka), list(counts))
+    await _settled(kafka, list(counts))
     layout = await inspect_layout(kafka, shards=shards)
     if not layout.ok:
         raise NotShardedLayout(

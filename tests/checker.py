@@ -9,18 +9,15 @@ for an unknown one) and a DELETED not followed by its tombstone.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer
 from fastavro import parse_schema, schemaless_reader
 
-from producer.kafka.reader import TopicReader, topic_partitions
+from producer.kafka.reader import TopicReader, settled
 
 if TYPE_CHECKING:
     from producer.model import Entity
@@ -42,50 +39,17 @@ async def read_all(
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     """Every committed record of ``topic`` up to its end, in partition order (``options``: more
     consumer settings, e.g. SASL credentials). Transactions open when it is called are waited
-    for first (see ``settle``)."""
-    await settle(bootstrap, topic, **options)
+    for first (``producer.kafka.reader.settled``)."""
+    # A commit returns before its markers reach every partition: a reader started right after
+    # one could stop short of it in some partitions (seen in CI once, in test_forget). A
+    # transaction a killed producer left open holds the wait until it is fenced or times out:
+    # after 10 s the read goes on up to what is stable then.
+    await settled({"bootstrap_servers": bootstrap, **options}, [topic], seconds=10.0)
     reader = TopicReader(
         {"bootstrap_servers": bootstrap, **options}, topic, action=f"checker: {topic}"
     )
     async with reader:
         return [(m.key, m.value, dict(m.headers)) for m in await reader.read_all()]
-
-
-async def settle(bootstrap: str, topic: str, wait_s: float = 10.0, **options: Any) -> None:
-    """Wait until every transaction that had written to ``topic`` when this is called has its
-    marker in each partition (the last stable offset reached the high watermark seen at the
-    call), for up to ``wait_s`` seconds.
-
-    A producer's commit returns once the coordinator has logged it; the coordinator writes the
-    markers to the data partitions after that. A read_committed reader started right after a
-    commit can therefore stop at a last stable offset that still excludes the transaction in
-    some partitions, and miss part of a change that is committed (seen in CI once, in
-    ``test_forget``). A transaction left open by a killed producer holds the offset until it is
-    fenced or times out: after ``wait_s`` the read goes on up to what is stable then."""
-    consumers = [
-        AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            isolation_level=isolation,
-            enable_auto_commit=False,
-            **options,
-        )
-        for isolation in ("read_uncommitted", "read_committed")
-    ]
-    for consumer in consumers:
-        await consumer.start()
-    try:
-        written, committed = consumers
-        tps = await topic_partitions(written, topic)
-        high = await written.end_offsets(tps)
-        deadline = time.monotonic() + wait_s
-        while True:
-            stable = await committed.end_offsets(tps)
-            if all(stable[tp] >= high[tp] for tp in tps) or time.monotonic() > deadline:
-                return
-            await asyncio.sleep(0.05)
-    finally:
-        for consumer in consumers:
-            await consumer.stop()
 
 
 class Decoder:

@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
 from producer.errors import BrokerUnavailable, Fenced, SinkError
 from producer.kafka.authz import denied
-from producer.kafka.reader import Headers, topic_partitions
+from producer.kafka.reader import Headers
 from producer.kafka.writer import quiet_abort, quiet_stop, transactional_producer
 
 
@@ -72,38 +72,6 @@ async def fence(options: Mapping[str, Any], transactional_ids: Sequence[str]) ->
         finally:
             with contextlib.suppress(Exception):
                 await producer.stop()
-
-
-async def await_settled(
-    options: Mapping[str, Any], topics: Sequence[str], seconds: float = 60.0
-) -> None:
-    """Wait until no transaction is open on ``topics``: every partition's last stable offset
-    (what read_committed readers read up to) has reached its high watermark. A commit (or the
-    abort that fencing starts) returns before its markers reach every partition; until they
-    do, read_committed readers see the partition as it was before the transaction."""
-    stable = AIOKafkaConsumer(**options, isolation_level="read_committed")
-    latest = AIOKafkaConsumer(**options, isolation_level="read_uncommitted")
-    try:
-        await stable.start()
-        await latest.start()
-        partitions = [tp for t in topics for tp in await topic_partitions(stable, t)]
-        async with asyncio.timeout(seconds):
-            while True:
-                lso = await stable.end_offsets(partitions)
-                high = await latest.end_offsets(partitions)
-                if all(lso[tp] >= high[tp] for tp in partitions):
-                    return
-                await asyncio.sleep(0.1)
-    except TimeoutError as exc:
-        raise BrokerUnavailable(
-            f"a transaction on {', '.join(topics)} stayed open for {seconds:.0f}s"
-        ) from exc
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"reading the end offsets of {', '.join(topics)}: {exc}") from exc
-    finally:
-        for consumer in (stable, latest):
-            with contextlib.suppress(Exception):
-                await consumer.stop()
 
 
 class Mover:

@@ -17,6 +17,7 @@ when the broker's authorizer refused, as ``NotAuthorized`` naming Read on the to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -285,3 +286,36 @@ async def read_compacted(
             else:
                 out[m.key] = m.value
     return out
+
+
+async def settled(
+    consumer_config: Mapping[str, Any], topics: Sequence[str], *, seconds: float
+) -> bool:
+    """Wait until every transaction that had written to ``topics`` when this is called has its
+    marker in each partition: the last stable offset (what read_committed readers read up to)
+    reached the high watermark seen at the call. False if that took over ``seconds``.
+
+    A commit (or the abort that fencing starts) returns once the transaction coordinator has
+    logged it; the coordinator writes the markers to the data partitions after that, and until
+    they land a read_committed reader sees the partition as it was before the transaction."""
+    stable = AIOKafkaConsumer(**consumer_config, isolation_level="read_committed")
+    latest = AIOKafkaConsumer(**consumer_config, isolation_level="read_uncommitted")
+    action = f"reading the end offsets of {', '.join(topics)}"
+    try:
+        with kafka_errors(action, topics=topics, options=consumer_config):
+            await stable.start()
+            await latest.start()
+            partitions = [tp for t in topics for tp in await topic_partitions(stable, t)]
+            high = await latest.end_offsets(partitions)
+            deadline = asyncio.get_running_loop().time() + seconds
+            while True:
+                lso = await stable.end_offsets(partitions)
+                if all(lso[tp] >= high[tp] for tp in partitions):
+                    return True
+                if asyncio.get_running_loop().time() > deadline:
+                    return False
+                await asyncio.sleep(0.05)
+    finally:
+        for consumer in (stable, latest):
+            with contextlib.suppress(Exception):
+                await consumer.stop()
