@@ -135,12 +135,8 @@ def plan_moves(
 ) -> Iterator[Move]:
     """The moves that put every live record in its district's shard partition (with the
     ``shards`` header when ``stamp``); nothing for a key already in place."""
-    homes: dict[str, int] = {}
     for key, found in group_by_key(records).items():
-        district = district_of(key)
-        home = homes.get(district)
-        if home is None:
-            home = homes[district] = shard_of(district, shards)
+        home = shard_of(district_of(key), shards)
         winner = standing(found, home)
         strays = tuple(r for r in found if r.partition != home and r.value is not None)
         misplaced = winner is not None and (
@@ -229,14 +225,8 @@ async def _move_state(batches: _Batches, config: Config, topic: str, shards: int
     the sharded layout's writer, which the checkpoints keep from starting before the move is
     done), so a live stray always moves."""
 
-    homes: dict[str, int] = {}
-
     def home(key: bytes) -> int:
-        district = state_district(key)
-        found = homes.get(district)
-        if found is None:
-            found = homes[district] = shard_of(district, shards)
-        return found
+        return shard_of(state_district(key), shards)
 
     for partition in range(shards):
         async with TopicReader(

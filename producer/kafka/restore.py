@@ -57,15 +57,10 @@ class RestoreStats:
 
 
 def in_shard(shard: int, shards: int) -> Callable[[str], bool]:
-    """Whether a district is in ``shard`` (remembered per district: a restore meets the same
-    few districts a million times)."""
-    known: dict[str, bool] = {}
+    """Whether a district is in ``shard``."""
 
     def keep(district_id: str) -> bool:
-        found = known.get(district_id)
-        if found is None:
-            found = known[district_id] = shard_of(district_id, shards) == shard
-        return found
+        return shard_of(district_id, shards) == shard
 
     return keep
 

@@ -16,6 +16,7 @@ the CPU of aiokafka's byte-by-byte loop, which the writer would otherwise run fo
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Final
 
@@ -53,8 +54,10 @@ def partition_of(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+@functools.lru_cache(maxsize=65_536)
 def shard_of(district_id: str, shards: int) -> int:
-    """The shard (= state and checkpoints partition) of a district."""
+    """The shard (= state and checkpoints partition) of a district (remembered: the writer,
+    a restore and a reshard ask for the same few districts a million times)."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, not {shards}")
     return partition_of(district_id.encode(), shards)

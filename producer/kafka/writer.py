@@ -68,8 +68,6 @@ class TransactionalWriter:
         self._timeout = batch_timeout
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
-        #: district id -> its shard (a pure function of the id: computed once per district).
-        self._district_shards: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._closed = False
         #: Once fenced, never start another producer: it would fence the newer owner back.
@@ -260,9 +258,7 @@ class TransactionalWriter:
 
     def _shard_of(self, district: str) -> int:
         """The shard of a district, which must be this writer's when it has one."""
-        shard = self._district_shards.get(district)
-        if shard is None:
-            shard = self._district_shards[district] = shard_of(district, self.shards)
+        shard = shard_of(district, self.shards)
         if self.shard is not None and shard != self.shard:
             raise ValueError(
                 f"district {district!r} is in shard {shard}, not in this writer's shard "
